@@ -1,0 +1,44 @@
+"""nonstop: keeps AI agents running 24/7 with durable steps, retries and supervision."""
+
+from nonstop.app import Agent, App, RunHandle
+from nonstop.context import Context, SyncContext
+from nonstop.errors import (
+    ConfigError,
+    CorruptCheckpoint,
+    InvalidInput,
+    NonDeterminismError,
+    NonstopError,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    RunTimeout,
+    StepFailed,
+    StepTimeout,
+    StoreError,
+    UnknownAgent,
+)
+from nonstop.models import RunStatus
+from nonstop.policies.retry import Retry
+
+__all__ = [
+    "Agent",
+    "App",
+    "ConfigError",
+    "Context",
+    "CorruptCheckpoint",
+    "InvalidInput",
+    "NonDeterminismError",
+    "NonstopError",
+    "Retry",
+    "RunCancelled",
+    "RunFailed",
+    "RunHandle",
+    "RunNotFound",
+    "RunStatus",
+    "RunTimeout",
+    "StepFailed",
+    "StepTimeout",
+    "StoreError",
+    "SyncContext",
+    "UnknownAgent",
+]

@@ -1,0 +1,332 @@
+"""App: declares agents (`@app.agent`) and runs them, embedded (`app.worker()`) or served.
+
+An App is an ordinary object: a test may hold two. Its store is opened lazily, on a
+background event-loop thread for the synchronous API (`start`, `run`, `worker`), or on the
+caller's loop for `nonstop serve` (see `Runtime`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import inspect
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar, overload
+
+from nonstop.context import encode
+from nonstop.errors import (
+    ConfigError,
+    InvalidInput,
+    RunCancelled,
+    RunFailed,
+    RunNotFound,
+    UnknownAgent,
+)
+from nonstop.executor import Executor
+from nonstop.models import JSON, Run, RunStatus
+from nonstop.policies.durations import Duration, optional_seconds
+from nonstop.policies.retry import Retry
+from nonstop.store import NewRun, Store, open_store, resolve_url
+
+T = TypeVar("T")
+Handler = Callable[..., Any]
+"""`async def handler(ctx, **input)` or `def handler(ctx, **input)`."""
+
+DEFAULT_RUN_RETRY = Retry(max_attempts=3, initial=1.0, factor=2.0, max_delay=300.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Agent:
+    """A declared agent: its handler and the policies nonstop applies to its runs."""
+
+    name: str
+    fn: Handler
+    is_async: bool
+    retry: Retry
+    timeout: float | None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the handler directly (for unit tests of the handler's own logic)."""
+        return self.fn(*args, **kwargs)
+
+
+class RunHandle:
+    """A started run: ask its status or wait for its result."""
+
+    def __init__(self, app: App, run_id: str) -> None:
+        self.app = app
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"RunHandle({self.run_id!r})"
+
+    def get(self) -> Run:
+        run = self.app._call(lambda rt: rt.store.get_run(self.run_id))
+        if run is None:
+            raise RunNotFound(f"no run with id {self.run_id!r}")
+        return run
+
+    def status(self) -> RunStatus:
+        return self.get().status
+
+    def result(self, timeout: float | None = None) -> JSON:
+        """Wait until the run finishes; return its output.
+
+        Raises RunFailed if it ended `dead`, RunCancelled if cancelled, TimeoutError if it
+        has not finished within `timeout` seconds (the run itself goes on)."""
+        run = self.app._call(lambda rt: rt.wait_finished(self.run_id, timeout))
+        return outcome(run)
+
+
+def outcome(run: Run) -> JSON:
+    if run.status == RunStatus.COMPLETED:
+        return run.output
+    if run.status == RunStatus.CANCELLED:
+        raise RunCancelled(f"run {run.id} was cancelled")
+    message = (run.error or {}).get("message", "unknown error")
+    raise RunFailed(run.id, f"{(run.error or {}).get('type', 'Error')}: {message}")
+
+
+class Runtime:
+    """An opened store plus, when working, an executor: the live part of an App."""
+
+    def __init__(self, app: App, store: Store) -> None:
+        self.app = app
+        self.store = store
+        self.executor: Executor | None = None
+
+    async def start_worker(self, **options: Any) -> Executor:
+        if self.executor is None:
+            self.executor = Executor(self.app, self.store, **options)
+            await self.executor.start()
+        return self.executor
+
+    async def stop_worker(self, grace_period: float = 30.0) -> None:
+        if self.executor is not None:
+            executor, self.executor = self.executor, None
+            await executor.stop(grace_period)
+
+    async def close(self) -> None:
+        await self.stop_worker()
+        await self.store.close()
+
+    async def start_run(
+        self, agent: str, input: dict[str, JSON] | None, run_id: str | None
+    ) -> tuple[Run, bool]:
+        """Create the run (or find the existing one with this id) and wake the executor."""
+        new = self.app.new_run(agent, input, run_id)
+        run, created = await self.store.create_run(new, time.time())
+        if created and self.executor is not None:
+            self.executor.notify()
+        return run, created
+
+    async def wait_finished(self, run_id: str, timeout: float | None) -> Run:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            run = await self.store.get_run(run_id)
+            if run is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            if run.status.finished:
+                return run
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
+            await asyncio.sleep(pause)
+            pause = min(pause * 1.5, 0.2)
+
+
+class _LoopThread:
+    """A private event loop in a daemon thread, for the App's synchronous API."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="nonstop-loop",
+                                        daemon=True)
+        self._thread.start()
+
+    def call(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class App:
+    """A set of agents sharing one store.
+
+    `database_url` defaults to `NONSTOP_DATABASE_URL`, else `sqlite:///nonstop.db`.
+    `version` (default: a hash of the agents' source) is recorded on every run.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        database_url: str | None = None,
+        *,
+        version: str | None = None,
+    ) -> None:
+        self.name = name
+        self.database_url = database_url
+        self.agents: dict[str, Agent] = {}
+        self._version = version
+        self._loop_thread: _LoopThread | None = None
+        self._runtime: Runtime | None = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"App({self.name!r}, agents={sorted(self.agents)})"
+
+    @property
+    def version(self) -> str:
+        if self._version is None:
+            digest = hashlib.blake2b(digest_size=6)
+            for agent in sorted(self.agents.values(), key=lambda a: a.name):
+                with contextlib.suppress(OSError, TypeError):
+                    digest.update(inspect.getsource(agent.fn).encode())
+            self._version = digest.hexdigest()
+        return self._version
+
+    # -- declaring ----------------------------------------------------------------------
+
+    @overload
+    def agent(self, fn: Handler, /) -> Agent: ...
+
+    @overload
+    def agent(
+        self,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+    ) -> Callable[[Handler], Agent]: ...
+
+    def agent(
+        self,
+        fn: Handler | None = None,
+        /,
+        *,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+    ) -> Agent | Callable[[Handler], Agent]:
+        """Declare an agent. `retry` is the run-level policy (default: 3 attempts with
+        exponential backoff); `timeout` bounds each execution of a run (parked time does
+        not count)."""
+
+        def declare(handler: Handler) -> Agent:
+            agent_name = name or handler.__name__
+            if agent_name in self.agents:
+                raise ConfigError(f"agent {agent_name!r} is declared twice")
+            if not callable(handler):
+                raise ConfigError(f"agent {agent_name!r} is not callable")
+            declared = Agent(
+                name=agent_name,
+                fn=handler,
+                is_async=inspect.iscoroutinefunction(handler),
+                retry=retry or DEFAULT_RUN_RETRY,
+                timeout=optional_seconds(timeout),
+            )
+            self.agents[agent_name] = declared
+            return declared
+
+        return declare if fn is None else declare(fn)
+
+    def new_run(
+        self, agent: str | Agent, input: dict[str, JSON] | None, run_id: str | None
+    ) -> NewRun:
+        """Validate a run request; raise UnknownAgent or InvalidInput, touching nothing."""
+        agent_name = agent.name if isinstance(agent, Agent) else agent
+        if agent_name not in self.agents:
+            known = ", ".join(sorted(self.agents)) or "none"
+            raise UnknownAgent(f"unknown agent {agent_name!r} (known: {known})")
+        payload = {} if input is None else input
+        if not isinstance(payload, dict):
+            raise InvalidInput(f"input must be a JSON object, got {type(payload).__name__}")
+        encode(payload, "input")
+        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
+            raise InvalidInput("run id must be a non-empty string")
+        return NewRun(
+            id=run_id or uuid.uuid4().hex,
+            agent=agent_name,
+            input=payload,
+            app_version=self.version,
+        )
+
+    # -- running, synchronous API ---------------------------------------------------------
+
+    def _call(self, action: Callable[[Runtime], Awaitable[T]]) -> T:
+        runtime = self._ensure_runtime()
+        assert self._loop_thread is not None
+
+        async def invoke() -> T:
+            return await action(runtime)
+
+        return self._loop_thread.call(invoke())
+
+    def _ensure_runtime(self) -> Runtime:
+        with self._lock:
+            if self._runtime is None:
+                loop_thread = _LoopThread()
+                store = open_store(resolve_url(self.database_url))
+                try:
+                    loop_thread.call(store.open())
+                except BaseException:
+                    loop_thread.close()
+                    raise
+                self._loop_thread = loop_thread
+                self._runtime = Runtime(self, store)
+            return self._runtime
+
+    def start(
+        self, agent: str | Agent, input: dict[str, JSON] | None = None, id: str | None = None
+    ) -> RunHandle:
+        """Start a run (or, if `id` exists already, return that run) and return its handle."""
+        agent_name = agent.name if isinstance(agent, Agent) else agent
+        run, _ = self._call(lambda rt: rt.start_run(agent_name, input, id))
+        return RunHandle(self, run.id)
+
+    def run(
+        self,
+        agent: str | Agent,
+        input: dict[str, JSON] | None = None,
+        id: str | None = None,
+        timeout: float | None = None,
+    ) -> JSON:
+        """Start a run and wait for its output (needs a worker: `app.worker()` or serve)."""
+        return self.start(agent, input, id).result(timeout)
+
+    @contextlib.contextmanager
+    def worker(
+        self,
+        *,
+        concurrency: int = 100,
+        lease_ttl: float = 30.0,
+        poll_interval: float = 0.5,
+        grace_period: float = 30.0,
+    ) -> Iterator[App]:
+        """Execute this app's runs in a background thread until the block exits."""
+        self._call(
+            lambda rt: rt.start_worker(
+                concurrency=concurrency, lease_ttl=lease_ttl, poll_interval=poll_interval
+            )
+        )
+        try:
+            yield self
+        finally:
+            self._call(lambda rt: rt.stop_worker(grace_period))
+
+    def close(self) -> None:
+        """Stop any worker, close the store and the background loop. Idempotent."""
+        with self._lock:
+            runtime, loop_thread = self._runtime, self._loop_thread
+            self._runtime = self._loop_thread = None
+        if runtime is not None and loop_thread is not None:
+            loop_thread.call(runtime.close())
+            loop_thread.close()

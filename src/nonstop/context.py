@@ -1,0 +1,401 @@
+"""Context (ctx): the whole API a handler sees, with replay and checkpointing built in.
+
+Every durable call (`step`, `sleep`) takes the next sequence number of the run. When the
+run's history holds a record for that number, the recorded outcome is returned without
+executing anything; otherwise the call executes and its outcome is committed to the store
+before the handler continues. `SyncContext` is the same API for plain `def` handlers,
+which run in worker threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import functools
+import hashlib
+import inspect
+import json
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+
+from nonstop.errors import (
+    CorruptCheckpoint,
+    InvalidInput,
+    NonDeterminismError,
+    StepFailed,
+    StepTimeout,
+)
+from nonstop.models import JSON, Attempt, History, Run, RunStatus, StepRecord, StepStatus
+from nonstop.policies.durations import Duration, optional_seconds, seconds
+from nonstop.policies.retry import NO_RETRY, Retry
+
+if TYPE_CHECKING:
+    from nonstop.store.base import Store
+
+T = TypeVar("T")
+
+INLINE_RETRY_WAIT = 1.0
+"""Retry waits up to this many seconds keep the run in memory; longer ones park it durably.
+Either way the retry time is recorded first, so a restart neither retries early nor forgets."""
+
+_current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "nonstop_idempotency_key", default=None
+)
+
+
+class Interrupt(BaseException):  # noqa: N818 - control flow, not an error
+    """Unwinds a handler without it being able to swallow the unwinding in `except Exception`.
+
+    Raised when the run parked itself (sleep), was cancelled, or was abandoned by its
+    executor (timeout, shutdown, lost lease)."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
+def checksum(seq: int, name: str, status: str, payload: str) -> str:
+    """Fingerprint of a step record; replay refuses a record whose fingerprint differs."""
+    data = f"{seq}\x1f{name}\x1f{status}\x1f{payload}".encode()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def error_info(exc: BaseException) -> dict[str, JSON]:
+    kind = type(exc)
+    return {
+        "type": f"{kind.__module__}.{kind.__qualname__}",
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def encode(value: object, what: str) -> str:
+    try:
+        return json.dumps(value, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Context:
+    """What an `async def` handler receives: durable steps, timers, heartbeats, logging."""
+
+    def __init__(
+        self,
+        run: Run,
+        history: History,
+        store: Store,
+        owner: str,
+        threads: ThreadPoolExecutor,
+    ) -> None:
+        self.run_id = run.id
+        self.agent = run.agent
+        self.attempt = run.attempt
+        self._run = run
+        self._history = history
+        self._store = store
+        self._owner = owner
+        self._threads = threads
+        self._seq = 0
+        self.fatal: BaseException | None = None  # replay error the handler must not swallow
+        self.cancel_requested = False
+        self.abandoned = False
+        self.log = structlog.get_logger("nonstop.agent").bind(
+            agent=run.agent, run_id=run.id, attempt=run.attempt
+        )
+
+    @property
+    def idempotency_key(self) -> str:
+        """`"{run_id}:{seq}"` of the step executing now (or of the next step, outside one).
+
+        Stable across retries and restarts: pass it to external APIs so they can dedupe."""
+        return _current_key.get() or f"{self.run_id}:{self._seq + 1}"
+
+    def _next_seq(self) -> int:
+        self._check_alive()
+        self._seq += 1
+        return self._seq
+
+    def _check_alive(self) -> None:
+        if self.abandoned:
+            raise Interrupt("abandoned")
+        if self.cancel_requested:
+            raise Interrupt("cancelled")
+
+    def _recorded(self, seq: int, name: str) -> StepRecord | None:
+        record = self._history.steps.get(seq)
+        if record is None:
+            tried = self._history.attempts.get(seq)
+            if tried and tried[0].name != name:
+                self._nondeterminism(seq, tried[0].name, name)
+            return None
+        if record.name != name:
+            self._nondeterminism(seq, record.name, name)
+        if checksum(seq, record.name, record.status, record.payload) != record.checksum:
+            self.fatal = CorruptCheckpoint(
+                f"run {self.run_id}: step {seq} ({record.name}) failed its checksum;"
+                " the run is paused instead of replaying corrupt data"
+            )
+            raise self.fatal
+        return record
+
+    def _nondeterminism(self, seq: int, recorded: str, called: str) -> None:
+        self.fatal = NonDeterminismError(
+            f"run {self.run_id}: step {seq} is recorded as {recorded!r} but the code now"
+            f" calls {called!r}; the run is paused"
+        )
+        raise self.fatal
+
+    def _replay(self, record: StepRecord) -> Any:
+        try:
+            value = json.loads(record.payload)
+        except ValueError:
+            self.fatal = CorruptCheckpoint(
+                f"run {self.run_id}: step {record.seq} ({record.name}) holds unreadable JSON"
+            )
+            raise self.fatal from None
+        if record.status == StepStatus.FAILED:
+            raise StepFailed(value.get("type", "Exception"), value.get("message", ""))
+        return value
+
+    async def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Run `fn(*args, **kwargs)` once, durably: its result is committed before this
+        returns, and on replay the recorded result is returned without calling `fn`.
+
+        A failure is retried per `retry` (no retries by default); the final failure is
+        recorded and raised as `StepFailed`, on replay too. `fn` may be sync (run in a
+        worker thread) or async. If `fn` takes an `idempotency_key` parameter, it gets one.
+        """
+        seq = self._next_seq()
+        step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        record = self._recorded(seq, step_name)
+        if record is not None:
+            return self._replay(record)
+        policy = retry or NO_RETRY
+        limit = optional_seconds(timeout)
+        key = f"{self.run_id}:{seq}"
+        if _accepts_key(fn):
+            kwargs = {**kwargs, "idempotency_key": key}
+        tried = self._history.attempts.get(seq, [])
+        failures = len(tried)
+        first_start: float | None = tried[0].started_at if tried else None
+        while True:
+            if tried and tried[-1].retry_at is not None:
+                await self._wait_for_retry(seq, step_name, tried[-1].retry_at)
+            started = time.time()
+            first_start = first_start or started
+            try:
+                result = await self._call(fn, args, kwargs, limit, key)
+                payload = encode(result, f"the result of step {step_name!r}")
+            except Exception as exc:
+                failures += 1
+                done = time.time()
+                retrying = policy.should_retry(exc, failures) and not isinstance(
+                    exc, InvalidInput
+                )
+                retry_at = done + policy.delay(failures) if retrying else None
+                attempt = Attempt(
+                    self.run_id,
+                    seq,
+                    self.attempt,
+                    failures,
+                    step_name,
+                    error_info(exc),
+                    started,
+                    done,
+                    retry_at,
+                )
+                await self._store.record_attempt(self._owner, attempt)
+                self.log.warning(
+                    "step_failed",
+                    step=step_name,
+                    seq=seq,
+                    step_attempt=failures,
+                    error=f"{type(exc).__name__}: {exc}",
+                    retry_at=retry_at,
+                )
+                if retrying:
+                    tried = [*tried, attempt]
+                    continue
+                await self._commit(seq, step_name, StepStatus.FAILED, _error_payload(exc),
+                                   failures, first_start)
+                raise StepFailed(attempt.error["type"], str(exc)) from exc
+            await self._commit(seq, step_name, StepStatus.COMPLETED, payload, failures + 1,
+                               first_start)
+            return json.loads(payload)
+
+    async def _commit(
+        self, seq: int, name: str, status: StepStatus, payload: str, attempts: int,
+        started: float,
+    ) -> None:
+        record = StepRecord(
+            run_id=self.run_id,
+            seq=seq,
+            name=name,
+            status=status,
+            payload=payload,
+            checksum=checksum(seq, name, status, payload),
+            attempts=attempts,
+            started_at=started,
+            finished_at=time.time(),
+        )
+        if await self._store.record_step(self._owner, record):
+            self.cancel_requested = True
+
+    async def _call(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        limit: float | None,
+        key: str,
+    ) -> Any:
+        token = _current_key.set(key)
+        try:
+            if inspect.iscoroutinefunction(fn):
+                awaitable: Awaitable[Any] = fn(*args, **kwargs)
+            else:
+                call = functools.partial(fn, *args, **kwargs)
+                loop = asyncio.get_running_loop()
+                awaitable = loop.run_in_executor(
+                    self._threads, contextvars.copy_context().run, call
+                )
+            if limit is None:
+                return await awaitable
+            try:
+                async with asyncio.timeout(limit):
+                    return await awaitable
+            except TimeoutError as exc:
+                raise StepTimeout(f"step timed out after {limit:g}s") from exc
+        finally:
+            _current_key.reset(token)
+
+    async def _wait_for_retry(self, seq: int, name: str, retry_at: float) -> None:
+        remaining = retry_at - time.time()
+        if remaining <= 0:
+            return
+        if remaining <= INLINE_RETRY_WAIT:
+            await asyncio.sleep(remaining)
+            return
+        await self._park(
+            RunStatus.SLEEPING,
+            retry_at,
+            f"retrying step {seq} ({name}) at {iso(retry_at)}",
+        )
+
+    async def sleep(self, duration: Duration) -> None:
+        """Durable timer: the run parks as `sleeping`, holding no worker slot, and continues
+        after `duration` even if every node restarts meanwhile."""
+        seq = self._next_seq()
+        record = self._recorded(seq, "sleep")
+        if record is not None:
+            until = float(self._replay(record)["until"])
+            if until <= time.time():
+                return
+            await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}")
+        now = time.time()
+        until = now + seconds(duration)
+        payload = encode({"until": until}, "sleep")
+        new = StepRecord(
+            self.run_id, seq, "sleep", StepStatus.COMPLETED, payload,
+            checksum(seq, "sleep", StepStatus.COMPLETED, payload), 1, now, now,
+        )
+        await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}", new)
+
+    async def _park(
+        self, status: RunStatus, wake_at: float, reason: str, record: StepRecord | None = None
+    ) -> None:
+        # The record and the park share one transaction: a crash leaves either neither (the
+        # call runs again on replay) or both (replay finds the timer and waits it out).
+        await self._store.park_run(
+            self._owner,
+            self.run_id,
+            status=status,
+            wake_at=wake_at,
+            reason=reason,
+            now=time.time(),
+            record=record,
+        )
+        raise Interrupt("parked")
+
+    async def heartbeat(self, status: str = "ok", **fields: JSON) -> None:
+        """Tell the store this run is alive and what it is doing (not part of replay)."""
+        self._check_alive()
+        encode(fields, "heartbeat fields")
+        if await self._store.heartbeat(self._owner, self.run_id, status, fields, time.time()):
+            self.cancel_requested = True
+            raise Interrupt("cancelled")
+
+
+def _error_payload(exc: BaseException) -> str:
+    info = error_info(exc)
+    return encode({"type": info["type"], "message": info["message"]}, "error")
+
+
+@functools.lru_cache(maxsize=1024)
+def _accepts_key(fn: Callable[..., Any]) -> bool:
+    try:
+        return "idempotency_key" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class SyncContext:
+    """The Context API for plain `def` handlers: the same calls, without `await`.
+
+    The handler runs in a worker thread; each call is carried out on the event loop and
+    this thread waits for its outcome."""
+
+    def __init__(self, ctx: Context, loop: asyncio.AbstractEventLoop) -> None:
+        self._ctx = ctx
+        self._loop = loop
+        self.run_id = ctx.run_id
+        self.agent = ctx.agent
+        self.attempt = ctx.attempt
+        self.log = ctx.log
+
+    @property
+    def idempotency_key(self) -> str:
+        return self._ctx.idempotency_key
+
+    def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
+        if self._ctx.abandoned:
+            coro.close()
+            raise Interrupt("abandoned")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def step(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        name: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        return self._wait(
+            self._ctx.step(fn, *args, name=name, retry=retry, timeout=timeout, **kwargs)
+        )
+
+    def sleep(self, duration: Duration) -> None:
+        self._wait(self._ctx.sleep(duration))
+
+    def heartbeat(self, status: str = "ok", **fields: JSON) -> None:
+        self._wait(self._ctx.heartbeat(status, **fields))

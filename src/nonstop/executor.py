@@ -1,0 +1,356 @@
+"""Executor: claim due runs by lease, replay their handlers, and finish, retry or park them.
+
+One executor per node. It keeps at most `concurrency` runs in flight, renews the leases of
+all of them together, recovers runs whose owner died, and stops the work of a run that was
+cancelled, timed out or lost its lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import psutil
+import structlog
+
+from nonstop.context import Context, Interrupt, SyncContext, encode, error_info, iso
+from nonstop.errors import (
+    CorruptCheckpoint,
+    InvalidInput,
+    NonDeterminismError,
+    RunTimeout,
+)
+from nonstop.models import Incident, RunStatus
+from nonstop.policies.retry import gives_up
+from nonstop.store.base import Claimed, LeaseLost, Store
+
+if TYPE_CHECKING:
+    from nonstop.app import Agent, App
+
+log = structlog.get_logger("nonstop.executor")
+
+_STEP_THREADS = 64
+
+
+def node_id() -> str:
+    """`host:pid:start_ms:nonce`: enough to tell, on the same host, whether the owner of a
+    lease is still alive (a recycled pid has another start time)."""
+    started = int(psutil.Process().create_time() * 1000)
+    return f"{socket.gethostname()}:{os.getpid()}:{started}:{os.urandom(3).hex()}"
+
+
+def owner_is_dead(owner: str) -> bool:
+    """True only when `owner` certainly ran on this host and its process is gone."""
+    parts = owner.split(":")
+    if len(parts) != 4 or parts[0] != socket.gethostname():
+        return False
+    try:
+        pid, started = int(parts[1]), int(parts[2])
+    except ValueError:
+        return False
+    try:
+        return int(psutil.Process(pid).create_time() * 1000) != started
+    except psutil.NoSuchProcess:
+        return True
+    except psutil.Error:
+        return False
+
+
+@dataclass(slots=True)
+class _Active:
+    task: asyncio.Task[None]
+    ctx: Context
+    stop_reason: str | None = None  # "cancelled" | "shutdown"
+    settling: bool = False  # the handler has ended; only bookkeeping is left
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Executor:
+    """Claims runs of `app`'s agents from `store` and drives them to a resting state."""
+
+    def __init__(
+        self,
+        app: App,
+        store: Store,
+        *,
+        owner: str | None = None,
+        concurrency: int = 100,
+        lease_ttl: float = 30.0,
+        poll_interval: float = 0.5,
+    ) -> None:
+        self.app = app
+        self.store = store
+        self.owner = owner or node_id()
+        self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self._active: dict[str, _Active] = {}
+        self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._handler_threads = ThreadPoolExecutor(concurrency, "nonstop-handler")
+        self._step_threads = ThreadPoolExecutor(_STEP_THREADS, "nonstop-step")
+        self._tasks: list[asyncio.Task[None]] = []
+        self.claim_ticks = 0  # loop iterations, for liveness probes
+
+    @property
+    def active_runs(self) -> int:
+        return len(self._active)
+
+    def notify(self) -> None:
+        """Something may be due now (a run was started in this process): claim at once."""
+        self._wakeup.set()
+
+    async def start(self) -> None:
+        await self._recover_orphans()
+        self._tasks = [
+            asyncio.create_task(self._claim_loop(), name="nonstop-claim"),
+            asyncio.create_task(self._lease_loop(), name="nonstop-leases"),
+        ]
+
+    async def stop(self, grace_period: float = 30.0) -> None:
+        """Stop claiming, let runs in flight reach a resting state within `grace_period`,
+        then stop the rest and hand their leases back so another node resumes them."""
+        self._stopping = True
+        self._wakeup.set()
+        waiting = [a.done.wait() for a in self._active.values()]
+        if waiting:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace_period):
+                    await asyncio.gather(*waiting)
+        for run_id in list(self._active):
+            self._stop_run(run_id, "shutdown")
+        remaining = [a.done.wait() for a in self._active.values()]
+        if remaining:
+            await asyncio.gather(*remaining)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.store.release_leases(self.owner, time.time())
+        self._handler_threads.shutdown(wait=False, cancel_futures=True)
+        self._step_threads.shutdown(wait=False, cancel_futures=True)
+
+    # -- loops ------------------------------------------------------------------------
+
+    async def _claim_loop(self) -> None:
+        agents = list(self.app.agents)
+        while not self._stopping:
+            self.claim_ticks += 1
+            self._wakeup.clear()
+            free = self.concurrency - len(self._active)
+            claimed: list[Claimed] = []
+            if free > 0:
+                try:
+                    claimed = await self.store.claim_runs(
+                        self.owner,
+                        agents=agents,
+                        limit=free,
+                        now=time.time(),
+                        lease_ttl=self.lease_ttl,
+                    )
+                except Exception as exc:
+                    log.error("claim_failed", error=str(exc))
+                for item in claimed:
+                    self._launch(item)
+            if claimed and len(claimed) == free:
+                await self._wait(self.poll_interval)  # full: a finishing run wakes us
+                continue
+            delay = self.poll_interval
+            with contextlib.suppress(Exception):
+                due = await self.store.next_due(agents)
+                if due is not None:
+                    delay = min(delay, max(due - time.time(), 0.0))
+            if delay > 0:
+                await self._wait(delay)
+
+    async def _wait(self, delay: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(delay):
+                await self._wakeup.wait()
+
+    async def _lease_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_ttl / 3)
+            try:
+                cancel = await self.store.renew_leases(
+                    self.owner, now=time.time(), lease_ttl=self.lease_ttl
+                )
+                for run_id in cancel:
+                    self._stop_run(run_id, "cancelled")
+                await self._recover_orphans()
+            except Exception as exc:
+                log.error("lease_renewal_failed", error=str(exc))
+
+    async def _recover_orphans(self) -> None:
+        """Expire at once the leases of dead processes on this host, instead of waiting
+        for them to run out (a node restarted after kill -9 resumes its runs right away)."""
+        dead = [o for o in await self.store.lease_owners() if o != self.owner and owner_is_dead(o)]
+        if dead and await self.store.expire_leases(dead, time.time()):
+            log.info("orphans_found", owners=dead)
+            self._wakeup.set()
+
+    # -- one run ----------------------------------------------------------------------
+
+    def _launch(self, claimed: Claimed) -> None:
+        run = claimed.run
+        ctx = Context(run, claimed.history, self.store, self.owner, self._step_threads)
+        task = asyncio.create_task(self._execute(claimed, ctx), name=f"run:{run.id}")
+        self._active[run.id] = _Active(task, ctx)
+        if claimed.recovered:
+            log.info("run_recovered", agent=run.agent, run_id=run.id, attempt=run.attempt)
+
+    def _stop_run(self, run_id: str, reason: str) -> None:
+        active = self._active.get(run_id)
+        if active is None or active.stop_reason is not None or active.settling:
+            return
+        active.stop_reason = reason
+        active.ctx.abandoned = True
+        active.task.cancel()
+
+    async def _execute(self, claimed: Claimed, ctx: Context) -> None:
+        run = claimed.run
+        active = self._active[run.id]
+        try:
+            await self._drive(claimed, ctx, active)
+        except LeaseLost:
+            log.warning("lease_lost", agent=run.agent, run_id=run.id)
+        except Exception as exc:  # the store failed: the lease runs out and the run recovers
+            log.error("run_bookkeeping_failed", agent=run.agent, run_id=run.id, error=str(exc))
+        finally:
+            active.done.set()
+            del self._active[run.id]
+            self._wakeup.set()
+
+    async def _drive(self, claimed: Claimed, ctx: Context, active: _Active) -> None:
+        run = claimed.run
+        agent = self.app.agents[run.agent]
+        started = time.monotonic()
+        outcome: Any = None
+        failure: BaseException | None = None
+        handler = asyncio.create_task(self._invoke(agent, ctx, run.input))
+        try:
+            outcome = await _with_timeout(handler, agent.timeout)
+        except asyncio.CancelledError:
+            if active.stop_reason is None:
+                raise
+            # _stop_run cancelled us (and with us the handler): this is a decision, not a
+            # shutdown of the loop, so the cancellation is consumed here.
+            _uncancel()
+            failure = Interrupt(active.stop_reason)
+        except BaseException as exc:
+            if not isinstance(exc, Exception | Interrupt):
+                raise
+            failure = exc
+        active.settling = True
+        if isinstance(failure, Interrupt) and failure.why != "parked":
+            ctx.abandoned = True  # a sync handler still running stops at its next ctx call
+        if ctx.fatal is not None:  # a replay error the handler caught: still fatal
+            failure = ctx.fatal
+        now = time.time()
+        if failure is None:
+            try:
+                encode(outcome, f"the output of run {run.id}")
+            except InvalidInput as exc:
+                failure = exc
+            else:
+                await self.store.finish_run(
+                    self.owner, run.id, status=RunStatus.COMPLETED, now=now, output=outcome
+                )
+                log.info(
+                    "run_completed",
+                    agent=run.agent,
+                    run_id=run.id,
+                    attempt=run.attempt,
+                    duration_ms=round((time.monotonic() - started) * 1000, 3),
+                )
+                return
+        await self._settle_failure(agent, ctx, failure, now)
+
+    async def _invoke(self, agent: Agent, ctx: Context, inputs: dict[str, Any]) -> Any:
+        if agent.is_async:
+            return await agent.fn(ctx, **inputs)
+        sync_ctx = SyncContext(ctx, asyncio.get_running_loop())
+        call: Callable[[], Any] = lambda: agent.fn(sync_ctx, **inputs)  # noqa: E731
+        return await asyncio.get_running_loop().run_in_executor(self._handler_threads, call)
+
+    async def _settle_failure(
+        self, agent: Agent, ctx: Context, failure: BaseException, now: float
+    ) -> None:
+        run_id, name = ctx.run_id, ctx.agent
+        if isinstance(failure, Interrupt):
+            if failure.why == "parked":
+                return  # the park is already committed
+            if failure.why == "cancelled" or ctx.cancel_requested:
+                await self.store.finish_run(
+                    self.owner, run_id, status=RunStatus.CANCELLED, now=now
+                )
+                log.info("run_cancelled", agent=name, run_id=run_id)
+                return
+            if failure.why == "timeout":
+                failure = RunTimeout(f"run exceeded its timeout of {agent.timeout:g}s")
+            else:  # shutdown or lost lease: leave the run for its next owner
+                return
+        if isinstance(failure, NonDeterminismError | CorruptCheckpoint):
+            kind = "non_determinism" if isinstance(failure, NonDeterminismError) else (
+                "corrupt_checkpoint"
+            )
+            await self.store.park_run(
+                self.owner,
+                run_id,
+                status=RunStatus.PAUSED,
+                wake_at=None,
+                reason=f"paused: {type(failure).__name__}: {failure}",
+                now=now,
+            )
+            await self.store.add_incident(Incident(run_id, name, kind, str(failure), now))
+            log.error("run_paused", agent=name, run_id=run_id, error=str(failure))
+            return
+        error = error_info(failure)
+        policy = agent.retry
+        retryable = (
+            ctx.attempt < policy.max_attempts
+            and not gives_up(failure, policy.give_up_on)
+            and not isinstance(failure, InvalidInput)
+        )
+        if retryable:
+            wake_at = now + policy.delay(ctx.attempt)
+            await self.store.retry_run(self.owner, run_id, wake_at=wake_at, error=error, now=now)
+            log.warning(
+                "run_retrying",
+                agent=name,
+                run_id=run_id,
+                attempt=ctx.attempt,
+                error=error["message"],
+                retry_at=iso(wake_at),
+            )
+            return
+        await self.store.finish_run(
+            self.owner, run_id, status=RunStatus.DEAD, now=now, error=error
+        )
+        log.error("run_dead", agent=name, run_id=run_id, attempt=ctx.attempt, error=error["message"])
+
+
+async def _with_timeout(task: asyncio.Task[Any], limit: float | None) -> Any:
+    if limit is None:
+        return await task
+    deadline = asyncio.timeout(limit)
+    try:
+        async with deadline:
+            return await task
+    except TimeoutError:
+        if deadline.expired():
+            raise Interrupt("timeout") from None
+        raise  # the handler itself raised TimeoutError
+
+
+def _uncancel() -> None:
+    task = asyncio.current_task()
+    if task is not None:
+        task.uncancel()

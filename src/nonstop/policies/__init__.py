@@ -1,0 +1,5 @@
+"""Policies: pure decisions (retry, ...) with no I/O; the executor applies them."""
+
+from nonstop.policies.retry import Retry
+
+__all__ = ["Retry"]

@@ -1,0 +1,181 @@
+"""The Store protocol: the atomic domain verbs every backend implements.
+
+The store keeps and claims; it never decides. Replay, retries and policies live above it,
+in the executor. Every verb is one transaction: it happens entirely or not at all. Verbs
+that act on a running run take the caller's `owner` (its node id) and raise `LeaseLost`
+when that owner no longer holds the run's lease, so a node that was presumed dead can
+never overwrite the work of the node that took over.
+
+Timestamps are UTC epoch seconds (floats). JSON payloads travel as text so that checksums
+are computed over exactly the bytes that were stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from nonstop.errors import NonstopError
+from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
+
+
+class LeaseLost(NonstopError):
+    """The caller no longer owns the run: its lease expired and another owner took it, or the
+    run was finished or cancelled meanwhile. The caller must drop the run without writing."""
+
+
+@dataclass(frozen=True, slots=True)
+class NewRun:
+    id: str
+    agent: str
+    input: dict[str, JSON]
+    app_version: str | None = None
+    parent_id: str | None = None
+    priority: int = 0
+    not_before: float | None = None  # the run is not claimable before this time
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """A run handed to one owner, with the history its replay needs."""
+
+    run: Run
+    history: History
+    recovered: bool  # its previous owner's lease had expired
+
+
+class Store(Protocol):
+    """Durable state of a nonstop app. Implementations: SQLite and PostgreSQL."""
+
+    url: str
+
+    async def open(self) -> None:
+        """Connect and apply pending migrations. Safe to call from several processes at once."""
+
+    async def close(self) -> None:
+        """Flush pending writes and release connections. Idempotent."""
+
+    # -- runs -------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun, now: float) -> tuple[Run, bool]:
+        """Insert a `pending` run unless one with `new.id` exists.
+
+        Returns the run and whether this call created it. Concurrent calls with one id, from
+        any number of processes, create exactly one run; the others get that run back."""
+
+    async def get_run(self, run_id: str) -> Run | None:
+        """The run's current row, or None."""
+
+    async def list_runs(
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        """Runs newest first, filtered; `limit=0` means all."""
+
+    async def load_history(self, run_id: str) -> History:
+        """All step records and failed attempts of the run."""
+
+    async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
+        """Incidents newest first, of one run or of all."""
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        agents: Sequence[str],
+        limit: int,
+        now: float,
+        lease_ttl: float,
+    ) -> list[Claimed]:
+        """Lease up to `limit` due runs of `agents` to `owner` and mark them `running`.
+
+        Due means: `pending` or `sleeping` whose wake time has come, or `running` whose lease
+        expired (its owner is presumed dead; an incident `recovered` is recorded). Earliest
+        due first. A run is never leased to two owners at once."""
+
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
+        """Extend every lease `owner` holds; return the ids of its runs asked to cancel."""
+
+    async def expire_leases(self, owners: Sequence[str], now: float) -> int:
+        """Mark the leases of `owners` (known dead) expired so their runs are due now."""
+
+    async def lease_owners(self) -> set[str]:
+        """Owners currently holding at least one lease."""
+
+    async def release_leases(self, owner: str, now: float) -> int:
+        """Hand back every run `owner` holds as due `pending` (graceful shutdown)."""
+
+    async def next_due(self, agents: Sequence[str]) -> float | None:
+        """The earliest time at which a run of `agents` becomes claimable, or None."""
+
+    # -- progress of a leased run ---------------------------------------------------------
+
+    async def record_step(self, owner: str, record: StepRecord) -> bool:
+        """Commit a step's outcome; return whether the run was asked to cancel.
+
+        The record is written at most once per `(run_id, seq)`; the write counts as a
+        heartbeat. Raises LeaseLost (writing nothing) if `owner` does not hold the run."""
+
+    async def record_attempt(self, owner: str, attempt: Attempt) -> None:
+        """Commit a failed try of a step, with when the next try may start."""
+
+    async def heartbeat(
+        self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
+    ) -> bool:
+        """Record a heartbeat from inside the run; return whether it was asked to cancel."""
+
+    async def park_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        wake_at: float | None,
+        reason: str,
+        now: float,
+        record: StepRecord | None = None,
+    ) -> None:
+        """Release the lease and park the run (`sleeping`, `waiting`, `pending` or `paused`)
+        until `wake_at`, committing `record` in the same transaction when given."""
+
+    async def retry_run(
+        self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
+    ) -> None:
+        """End the current attempt with `error` and park the run until `wake_at` for the
+        next one. Recorded step errors are dropped so the failed steps run again; completed
+        steps stay."""
+
+    async def finish_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        now: float,
+        output: JSON = None,
+        error: dict[str, JSON] | None = None,
+    ) -> None:
+        """Move the run to a final status (`completed`, `dead`, `cancelled`) and release it."""
+
+    # -- operator verbs -------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, now: float) -> Run:
+        """Cancel a run. A run nobody executes is cancelled at once; a running one is flagged
+        and its owner stops it. Finished runs are returned unchanged. Raises RunNotFound."""
+
+    async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
+        """Put a dead run (or, with None, every dead run) back to `pending` as a new attempt,
+        resuming from its last good checkpoint. Returns the runs replayed. Raises
+        RunNotFound for an unknown id and leaves non-dead runs untouched."""
+
+    async def resume_run(self, run_id: str, now: float) -> Run:
+        """Make a `paused` run due again. Raises RunNotFound."""
+
+    async def add_incident(self, incident: Incident) -> None:
+        """Append to the incident log."""

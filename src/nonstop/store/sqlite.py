@@ -1,0 +1,640 @@
+"""SQLite store: a WAL-mode file, one writer thread with group commit, pooled readers.
+
+URL forms: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, with an optional
+`?synchronous=full|normal` (default `full`: a commit survives power loss; `normal` can lose
+the last commits on power loss but never corrupts the file and survives process crashes).
+
+Two processes on one file stay correct: writes take the lock with `BEGIN IMMEDIATE`, a
+busy lock is waited for and retried instead of surfacing "database is locked", and leases
+decide which process executes a run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from nonstop.errors import ConfigError, RunNotFound, StoreError
+from nonstop.models import (
+    JSON,
+    Attempt,
+    History,
+    Incident,
+    Run,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+)
+from nonstop.store._sqlite_writer import SQLiteWriter
+from nonstop.store.base import Claimed, LeaseLost, NewRun
+
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
+
+RUN_COLUMNS = (
+    "id, agent, status, input, output, error, attempt, priority, app_version, parent_id,"
+    " wake_at, wait_reason, lease_owner, lease_expires, cancel_requested, heartbeat_at,"
+    " heartbeat, created_at, updated_at, started_at, finished_at"
+)
+
+INSERT_RUN = (
+    "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
+    " due_at, wake_at, created_at, updated_at) VALUES (?, ?, 'pending', ?, 1, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
+SELECT_DUE = (
+    "SELECT id, status FROM runs WHERE due_at <= ? AND agent IN (SELECT value FROM json_each(?))"
+    " ORDER BY due_at LIMIT ?"
+)
+CLAIM_RUN = (
+    "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires = ?, due_at = ?,"
+    " wake_at = NULL, wait_reason = NULL, updated_at = ?, heartbeat_at = ?,"
+    " started_at = coalesce(started_at, ?) WHERE id = ?"
+    f" RETURNING {RUN_COLUMNS}"
+)
+SELECT_STEPS = (
+    "SELECT run_id, seq, name, status, payload, checksum, attempts, started_at, finished_at"
+    " FROM steps WHERE run_id = ?"
+)
+SELECT_ATTEMPTS = (
+    "SELECT run_id, seq, run_attempt, attempt, name, error, started_at, finished_at, retry_at"
+    " FROM step_attempts WHERE run_id = ? AND run_attempt = ? ORDER BY seq, attempt"
+)
+RENEW_LEASES = (
+    "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
+    " RETURNING id, cancel_requested"
+)
+EXPIRE_LEASES = (
+    "UPDATE runs SET lease_expires = ?, due_at = ? WHERE status = 'running'"
+    " AND lease_owner IN (SELECT value FROM json_each(?))"
+)
+SELECT_LEASE_OWNERS = "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
+RELEASE_LEASES = (
+    "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL, due_at = ?,"
+    " wait_reason = 'released by a node shutting down', updated_at = ?"
+    " WHERE lease_owner = ? AND status = 'running'"
+)
+SELECT_NEXT_DUE = (
+    "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL"
+    " AND agent IN (SELECT value FROM json_each(?))"
+)
+CHECK_LEASE = (
+    "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
+    " RETURNING cancel_requested"
+)
+INSERT_STEP = (
+    "INSERT INTO steps (run_id, seq, name, status, payload, checksum, attempts, started_at,"
+    " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+INSERT_ATTEMPT = (
+    "INSERT INTO step_attempts (run_id, seq, run_attempt, attempt, name, error, started_at,"
+    " finished_at, retry_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+HEARTBEAT = (
+    "UPDATE runs SET heartbeat_at = ?, heartbeat = ? WHERE id = ? AND lease_owner = ?"
+    " AND status = 'running' RETURNING cancel_requested"
+)
+PARK_RUN = (
+    "UPDATE runs SET status = ?, lease_owner = NULL, lease_expires = NULL, due_at = ?,"
+    " wake_at = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND lease_owner = ?"
+    " AND status = 'running'"
+)
+RETRY_RUN = (
+    "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = ?, lease_owner = NULL,"
+    " lease_expires = NULL, due_at = ?, wake_at = ?, wait_reason = ?, updated_at = ?"
+    " WHERE id = ? AND lease_owner = ? AND status = 'running'"
+)
+DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ? AND status = 'failed'"
+FINISH_RUN = (
+    "UPDATE runs SET status = ?, output = ?, error = ?, lease_owner = NULL,"
+    " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
+    " cancel_requested = 0, updated_at = ?, finished_at = ?"
+    " WHERE id = ? AND lease_owner = ? AND status = 'running'"
+)
+CANCEL_IDLE_RUN = (
+    "UPDATE runs SET status = 'cancelled', due_at = NULL, wake_at = NULL, wait_reason = NULL,"
+    " updated_at = ?, finished_at = ? WHERE id = ? AND status IN"
+    " ('pending', 'sleeping', 'waiting', 'paused')"
+)
+FLAG_CANCEL = (
+    "UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
+)
+REPLAY_DEAD = (
+    "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = ?, error = NULL,"
+    " wait_reason = 'replayed from the dead-letter queue', updated_at = ?, finished_at = NULL"
+    " WHERE status = 'dead' AND (? IS NULL OR id = ?)"
+    f" RETURNING {RUN_COLUMNS}"
+)
+DROP_FAILED_STEPS_OF_REPLAYED = (
+    "DELETE FROM steps WHERE status = 'failed' AND run_id IN (SELECT value FROM json_each(?))"
+)
+RESUME_RUN = (
+    "UPDATE runs SET status = 'pending', due_at = ?, wait_reason = 'resumed', updated_at = ?"
+    " WHERE id = ? AND status = 'paused'"
+)
+INSERT_INCIDENT = "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (?, ?, ?, ?, ?)"
+SELECT_INCIDENTS = (
+    "SELECT run_id, agent, kind, detail, at FROM incidents"
+    " WHERE (? IS NULL OR run_id = ?) ORDER BY id DESC LIMIT ?"
+)
+
+
+def _dumps(value: JSON) -> str:
+    return json.dumps(value, separators=(",", ":"))
+
+
+def _loads(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+def _run(row: sqlite3.Row | tuple[Any, ...]) -> Run:
+    return Run(
+        id=row[0],
+        agent=row[1],
+        status=RunStatus(row[2]),
+        input=json.loads(row[3]),
+        output=_loads(row[4]),
+        error=_loads(row[5]),
+        attempt=row[6],
+        priority=row[7],
+        app_version=row[8],
+        parent_id=row[9],
+        wake_at=row[10],
+        wait_reason=row[11],
+        lease_owner=row[12],
+        lease_expires=row[13],
+        cancel_requested=bool(row[14]),
+        heartbeat_at=row[15],
+        heartbeat=_loads(row[16]),
+        created_at=row[17],
+        updated_at=row[18],
+        started_at=row[19],
+        finished_at=row[20],
+    )
+
+
+def _history(conn: sqlite3.Connection, run_id: str, run_attempt: int) -> History:
+    steps = {
+        row[1]: StepRecord(
+            run_id=row[0],
+            seq=row[1],
+            name=row[2],
+            status=StepStatus(row[3]),
+            payload=row[4],
+            checksum=row[5],
+            attempts=row[6],
+            started_at=row[7],
+            finished_at=row[8],
+        )
+        for row in conn.execute(SELECT_STEPS, (run_id,))
+    }
+    attempts: dict[int, list[Attempt]] = {}
+    for row in conn.execute(SELECT_ATTEMPTS, (run_id, run_attempt)):
+        attempts.setdefault(row[1], []).append(
+            Attempt(
+                run_id=row[0],
+                seq=row[1],
+                run_attempt=row[2],
+                attempt=row[3],
+                name=row[4],
+                error=json.loads(row[5]),
+                started_at=row[6],
+                finished_at=row[7],
+                retry_at=row[8],
+            )
+        )
+    return History(steps=steps, attempts=attempts)
+
+
+def parse_url(url: str) -> tuple[Path, str]:
+    """Split a `sqlite:///path?synchronous=...` URL into a path and a synchronous mode."""
+    parts = urlsplit(url)
+    if parts.scheme != "sqlite" or not parts.path.startswith("/"):
+        raise ConfigError(f"not a SQLite URL: {url!r} (expected sqlite:///path/to/file.db)")
+    raw = parts.path[1:]
+    if not raw:
+        raise ConfigError(f"SQLite URL has no file path: {url!r}")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    mode = options.pop("synchronous", "full").lower()
+    if mode not in _SYNCHRONOUS:
+        raise ConfigError(f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {mode!r}")
+    if options:
+        raise ConfigError(f"unknown SQLite URL option(s): {', '.join(sorted(options))}")
+    return Path(raw), _SYNCHRONOUS[mode]
+
+
+class SQLiteStore:
+    """The default store: one file, nothing to install."""
+
+    def __init__(self, url: str, *, create: bool = True) -> None:
+        self.url = url
+        self.path, self.synchronous = parse_url(url)
+        self._create = create
+        self._writer = SQLiteWriter(self._connect)
+        self._local = threading.local()
+        self._readers: list[sqlite3.Connection] = []
+        self._readers_lock = threading.Lock()
+        self._opened = False
+
+    @property
+    def commits(self) -> int:
+        return self._writer.commits
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {self.synchronous}")
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = self._connect()
+            conn.execute("PRAGMA query_only = ON")
+            self._local.conn = conn
+            with self._readers_lock:
+                self._readers.append(conn)
+        return conn
+
+    async def _read(self, query: Any) -> Any:
+        if not self._opened:
+            raise StoreError("the store is closed")
+        return await asyncio.to_thread(lambda: query(self._reader()))
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        if not self.path.exists():
+            if not self._create:
+                raise StoreError(
+                    f"database not found: {self.path} (start `nonstop serve` or run"
+                    " `nonstop migrate` to create it)"
+                )
+            if not self.path.parent.exists():
+                raise StoreError(f"directory does not exist: {self.path.parent}")
+        await asyncio.to_thread(self._writer.start)
+        self._opened = True
+        now = time.time()
+        await self._writer.submit(lambda conn: _migrate(conn, now))
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        await asyncio.to_thread(self._writer.stop)
+        with self._readers_lock:
+            for conn in self._readers:
+                conn.close()
+            self._readers.clear()
+
+    # -- runs -------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun, now: float) -> tuple[Run, bool]:
+        due = now if new.not_before is None else max(now, new.not_before)
+
+        def op(conn: sqlite3.Connection) -> tuple[Run, bool]:
+            cursor = conn.execute(
+                INSERT_RUN,
+                (
+                    new.id,
+                    new.agent,
+                    _dumps(new.input),
+                    new.priority,
+                    new.app_version,
+                    new.parent_id,
+                    due,
+                    new.not_before,
+                    now,
+                    now,
+                ),
+            )
+            return _run(conn.execute(SELECT_RUN, (new.id,)).fetchone()), cursor.rowcount == 1
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def get_run(self, run_id: str) -> Run | None:
+        row = await self._read(lambda c: c.execute(SELECT_RUN, (run_id,)).fetchone())
+        return None if row is None else _run(row)
+
+    async def list_runs(
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        query = f"SELECT {RUN_COLUMNS} FROM runs WHERE 1 = 1"
+        params: list[Any] = []
+        if agent is not None:
+            query += " AND agent = ?"
+            params.append(agent)
+        if status is not None:
+            query += " AND status = ?"
+            params.append(str(status))
+        query += " ORDER BY created_at DESC, id DESC"
+        if limit > 0:
+            query += " LIMIT ?"
+            params.append(limit)
+        rows = await self._read(lambda c: c.execute(query, params).fetchall())
+        return [_run(row) for row in rows]
+
+    async def load_history(self, run_id: str) -> History:
+        def query(conn: sqlite3.Connection) -> History:
+            row = conn.execute("SELECT attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return History() if row is None else _history(conn, run_id, row[0])
+
+        return await self._read(query)  # type: ignore[no-any-return]
+
+    async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
+        rows = await self._read(
+            lambda c: c.execute(SELECT_INCIDENTS, (run_id, run_id, limit)).fetchall()
+        )
+        return [Incident(*row) for row in rows]
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        agents: Sequence[str],
+        limit: int,
+        now: float,
+        lease_ttl: float,
+    ) -> list[Claimed]:
+        expires = now + lease_ttl
+
+        def op(conn: sqlite3.Connection) -> list[Claimed]:
+            due = conn.execute(SELECT_DUE, (now, _dumps(list(agents)), limit)).fetchall()
+            claimed = []
+            for run_id, status in due:
+                row = conn.execute(
+                    CLAIM_RUN, (owner, expires, expires, now, now, now, run_id)
+                ).fetchone()
+                run = _run(row)
+                recovered = status == RunStatus.RUNNING
+                if recovered:
+                    conn.execute(
+                        INSERT_INCIDENT,
+                        (run_id, run.agent, "recovered", "lease expired; resumed", now),
+                    )
+                claimed.append(Claimed(run, _history(conn, run_id, run.attempt), recovered))
+            return claimed
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
+        expires = now + lease_ttl
+
+        def op(conn: sqlite3.Connection) -> set[str]:
+            rows = conn.execute(RENEW_LEASES, (expires, expires, owner)).fetchall()
+            return {run_id for run_id, cancel in rows if cancel}
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def expire_leases(self, owners: Sequence[str], now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(EXPIRE_LEASES, (now, now, _dumps(list(owners)))).rowcount
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def lease_owners(self) -> set[str]:
+        rows = await self._read(lambda c: c.execute(SELECT_LEASE_OWNERS).fetchall())
+        return {row[0] for row in rows}
+
+    async def release_leases(self, owner: str, now: float) -> int:
+        def op(conn: sqlite3.Connection) -> int:
+            return conn.execute(RELEASE_LEASES, (now, now, owner)).rowcount
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def next_due(self, agents: Sequence[str]) -> float | None:
+        row = await self._read(
+            lambda c: c.execute(SELECT_NEXT_DUE, (_dumps(list(agents)),)).fetchone()
+        )
+        return None if row is None else row[0]
+
+    # -- progress of a leased run ---------------------------------------------------------
+
+    async def record_step(self, owner: str, record: StepRecord) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            cancel = _check_lease(conn, record.run_id, owner, record.finished_at)
+            conn.execute(
+                INSERT_STEP,
+                (
+                    record.run_id,
+                    record.seq,
+                    record.name,
+                    str(record.status),
+                    record.payload,
+                    record.checksum,
+                    record.attempts,
+                    record.started_at,
+                    record.finished_at,
+                ),
+            )
+            return cancel
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def record_attempt(self, owner: str, attempt: Attempt) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            _check_lease(conn, attempt.run_id, owner, attempt.finished_at)
+            conn.execute(
+                INSERT_ATTEMPT,
+                (
+                    attempt.run_id,
+                    attempt.seq,
+                    attempt.run_attempt,
+                    attempt.attempt,
+                    attempt.name,
+                    _dumps(attempt.error),
+                    attempt.started_at,
+                    attempt.finished_at,
+                    attempt.retry_at,
+                ),
+            )
+
+        await self._writer.submit(op)
+
+    async def heartbeat(
+        self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
+    ) -> bool:
+        beat = _dumps({"status": status, **fields})
+
+        def op(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(HEARTBEAT, (now, beat, run_id, owner)).fetchone()
+            if row is None:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            return bool(row[0])
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def park_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        wake_at: float | None,
+        reason: str,
+        now: float,
+        record: StepRecord | None = None,
+    ) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            if record is not None:
+                conn.execute(
+                    INSERT_STEP,
+                    (
+                        record.run_id,
+                        record.seq,
+                        record.name,
+                        str(record.status),
+                        record.payload,
+                        record.checksum,
+                        record.attempts,
+                        record.started_at,
+                        record.finished_at,
+                    ),
+                )
+            cursor = conn.execute(
+                PARK_RUN, (str(status), wake_at, wake_at, reason, now, run_id, owner)
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+
+        await self._writer.submit(op)
+
+    async def retry_run(
+        self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
+    ) -> None:
+        reason = f"retrying the run after: {error.get('message', '')}"[:500]
+
+        def op(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(
+                RETRY_RUN, (_dumps(error), wake_at, wake_at, reason, now, run_id, owner)
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            conn.execute(DROP_FAILED_STEPS, (run_id,))
+
+        await self._writer.submit(op)
+
+    async def finish_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        now: float,
+        output: JSON = None,
+        error: dict[str, JSON] | None = None,
+    ) -> None:
+        out = None if status != RunStatus.COMPLETED else _dumps(output)
+        err = None if error is None else _dumps(error)
+
+        def op(conn: sqlite3.Connection) -> None:
+            cursor = conn.execute(FINISH_RUN, (str(status), out, err, now, now, run_id, owner))
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+
+        await self._writer.submit(op)
+
+    # -- operator verbs -------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, now: float) -> Run:
+        def op(conn: sqlite3.Connection) -> Run:
+            if conn.execute(CANCEL_IDLE_RUN, (now, now, run_id)).rowcount == 0:
+                conn.execute(FLAG_CANCEL, (now, run_id))
+            row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            return _run(row)
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
+        def op(conn: sqlite3.Connection) -> list[Run]:
+            if run_id is not None:
+                row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
+                if row is None:
+                    raise RunNotFound(f"no run with id {run_id!r}")
+            runs = [_run(row) for row in conn.execute(REPLAY_DEAD, (now, now, run_id, run_id))]
+            conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (_dumps([r.id for r in runs]),))
+            return runs
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def resume_run(self, run_id: str, now: float) -> Run:
+        def op(conn: sqlite3.Connection) -> Run:
+            conn.execute(RESUME_RUN, (now, now, run_id))
+            row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            return _run(row)
+
+        return await self._writer.submit(op)  # type: ignore[no-any-return]
+
+    async def add_incident(self, incident: Incident) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            conn.execute(
+                INSERT_INCIDENT,
+                (incident.run_id, incident.agent, incident.kind, incident.detail, incident.at),
+            )
+
+        await self._writer.submit(op)
+
+
+def _check_lease(conn: sqlite3.Connection, run_id: str, owner: str, now: float) -> bool:
+    """Raise LeaseLost unless `owner` holds the run; return its cancel flag."""
+    row = conn.execute(CHECK_LEASE, (now, run_id, owner)).fetchone()
+    if row is None:
+        raise LeaseLost(f"run {run_id} is not held by {owner}")
+    return bool(row[0])
+
+
+def _migrations() -> list[tuple[int, str, str]]:
+    folder = resources.files("nonstop.store.migrations").joinpath("sqlite")
+    found = []
+    for entry in folder.iterdir():
+        if entry.name.endswith(".sql"):
+            number, _, name = entry.name.removesuffix(".sql").partition("_")
+            found.append((int(number), name, entry.read_text()))
+    return sorted(found)
+
+
+def _migrate(conn: sqlite3.Connection, now: float) -> list[int]:
+    """Apply the migrations not yet applied, inside the writer's transaction."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations"
+        " (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at REAL NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in _migrations():
+        if version in done:
+            continue
+        for statement in _statements(sql):
+            conn.execute(statement)
+        conn.execute(
+            "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now)
+        )
+        applied.append(version)
+    return applied
+
+
+def _statements(sql: str) -> list[str]:
+    """Split a migration into statements (migrations hold no triggers or string semicolons)."""
+    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
