@@ -145,8 +145,9 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="nonstop-loop",
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self.loop.run_forever, name="nonstop-loop", daemon=True
+        )
         self._thread.start()
 
     def call(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -201,6 +202,8 @@ class App:
     @overload
     def agent(
         self,
+        fn: None = None,
+        /,
         *,
         name: str | None = None,
         retry: Retry | None = None,

@@ -49,7 +49,7 @@ _current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
 )
 
 
-class Interrupt(BaseException):  # noqa: N818 - control flow, not an error
+class Interrupt(BaseException):
     """Unwinds a handler without it being able to swallow the unwinding in `except Exception`.
 
     Raised when the run parked itself (sleep), was cancelled, or was abandoned by its
@@ -109,9 +109,18 @@ class Context:
         self.fatal: BaseException | None = None  # replay error the handler must not swallow
         self.cancel_requested = False
         self.abandoned = False
-        self.log = structlog.get_logger("nonstop.agent").bind(
-            agent=run.agent, run_id=run.id, attempt=run.attempt
+        self._replay_until = max(history.steps, default=0)
+        self.log = ReplayAwareLogger(
+            self,
+            structlog.get_logger("nonstop.agent").bind(
+                agent=run.agent, run_id=run.id, attempt=run.attempt
+            ),
         )
+
+    @property
+    def replaying(self) -> bool:
+        """True while the handler re-walks steps that are already recorded."""
+        return self._seq < self._replay_until
 
     @property
     def idempotency_key(self) -> str:
@@ -207,9 +216,7 @@ class Context:
             except Exception as exc:
                 failures += 1
                 done = time.time()
-                retrying = policy.should_retry(exc, failures) and not isinstance(
-                    exc, InvalidInput
-                )
+                retrying = policy.should_retry(exc, failures) and not isinstance(exc, InvalidInput)
                 retry_at = done + policy.delay(failures) if retrying else None
                 attempt = Attempt(
                     self.run_id,
@@ -234,15 +241,22 @@ class Context:
                 if retrying:
                     tried = [*tried, attempt]
                     continue
-                await self._commit(seq, step_name, StepStatus.FAILED, _error_payload(exc),
-                                   failures, first_start)
+                await self._commit(
+                    seq, step_name, StepStatus.FAILED, _error_payload(exc), failures, first_start
+                )
                 raise StepFailed(attempt.error["type"], str(exc)) from exc
-            await self._commit(seq, step_name, StepStatus.COMPLETED, payload, failures + 1,
-                               first_start)
+            await self._commit(
+                seq, step_name, StepStatus.COMPLETED, payload, failures + 1, first_start
+            )
             return json.loads(payload)
 
     async def _commit(
-        self, seq: int, name: str, status: StepStatus, payload: str, attempts: int,
+        self,
+        seq: int,
+        name: str,
+        status: StepStatus,
+        payload: str,
+        attempts: int,
         started: float,
     ) -> None:
         record = StepRecord(
@@ -314,8 +328,15 @@ class Context:
         until = now + seconds(duration)
         payload = encode({"until": until}, "sleep")
         new = StepRecord(
-            self.run_id, seq, "sleep", StepStatus.COMPLETED, payload,
-            checksum(seq, "sleep", StepStatus.COMPLETED, payload), 1, now, now,
+            self.run_id,
+            seq,
+            "sleep",
+            StepStatus.COMPLETED,
+            payload,
+            checksum(seq, "sleep", StepStatus.COMPLETED, payload),
+            1,
+            now,
+            now,
         )
         await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}", new)
 
@@ -342,6 +363,34 @@ class Context:
         if await self._store.heartbeat(self._owner, self.run_id, status, fields, time.time()):
             self.cancel_requested = True
             raise Interrupt("cancelled")
+
+
+class ReplayAwareLogger:
+    """`ctx.log`: a structlog logger that stays quiet while the handler is replaying, so
+    a message is logged once per real execution, not once per replay."""
+
+    def __init__(self, ctx: Context, logger: Any) -> None:
+        self._ctx = ctx
+        self._logger = logger
+
+    def _emit(self, level: str, event: str, fields: dict[str, Any]) -> None:
+        if not self._ctx.replaying:
+            getattr(self._logger, level)(event, **fields)
+
+    def debug(self, event: str, **fields: Any) -> None:
+        self._emit("debug", event, fields)
+
+    def info(self, event: str, **fields: Any) -> None:
+        self._emit("info", event, fields)
+
+    def warning(self, event: str, **fields: Any) -> None:
+        self._emit("warning", event, fields)
+
+    def error(self, event: str, **fields: Any) -> None:
+        self._emit("error", event, fields)
+
+    def exception(self, event: str, **fields: Any) -> None:
+        self._emit("exception", event, fields)
 
 
 def _error_payload(exc: BaseException) -> str:

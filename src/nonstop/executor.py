@@ -97,7 +97,7 @@ class Executor:
         self._handler_threads = ThreadPoolExecutor(concurrency, "nonstop-handler")
         self._step_threads = ThreadPoolExecutor(_STEP_THREADS, "nonstop-step")
         self._tasks: list[asyncio.Task[None]] = []
-        self.claim_ticks = 0  # loop iterations, for liveness probes
+        self.last_tick = time.monotonic()  # when the claim loop last went round (liveness)
 
     @property
     def active_runs(self) -> int:
@@ -142,7 +142,7 @@ class Executor:
     async def _claim_loop(self) -> None:
         agents = list(self.app.agents)
         while not self._stopping:
-            self.claim_ticks += 1
+            self.last_tick = time.monotonic()
             self._wakeup.clear()
             free = self.concurrency - len(self._active)
             claimed: list[Claimed] = []
@@ -288,9 +288,7 @@ class Executor:
             if failure.why == "parked":
                 return  # the park is already committed
             if failure.why == "cancelled" or ctx.cancel_requested:
-                await self.store.finish_run(
-                    self.owner, run_id, status=RunStatus.CANCELLED, now=now
-                )
+                await self.store.finish_run(self.owner, run_id, status=RunStatus.CANCELLED, now=now)
                 log.info("run_cancelled", agent=name, run_id=run_id)
                 return
             if failure.why == "timeout":
@@ -298,8 +296,10 @@ class Executor:
             else:  # shutdown or lost lease: leave the run for its next owner
                 return
         if isinstance(failure, NonDeterminismError | CorruptCheckpoint):
-            kind = "non_determinism" if isinstance(failure, NonDeterminismError) else (
-                "corrupt_checkpoint"
+            kind = (
+                "non_determinism"
+                if isinstance(failure, NonDeterminismError)
+                else ("corrupt_checkpoint")
             )
             await self.store.park_run(
                 self.owner,
@@ -331,10 +331,10 @@ class Executor:
                 retry_at=iso(wake_at),
             )
             return
-        await self.store.finish_run(
-            self.owner, run_id, status=RunStatus.DEAD, now=now, error=error
+        await self.store.finish_run(self.owner, run_id, status=RunStatus.DEAD, now=now, error=error)
+        log.error(
+            "run_dead", agent=name, run_id=run_id, attempt=ctx.attempt, error=error["message"]
         )
-        log.error("run_dead", agent=name, run_id=run_id, attempt=ctx.attempt, error=error["message"])
 
 
 async def _with_timeout(task: asyncio.Task[Any], limit: float | None) -> Any:

@@ -79,6 +79,9 @@ class Store(Protocol):
     async def load_history(self, run_id: str) -> History:
         """All step records and failed attempts of the run."""
 
+    async def list_attempts(self, run_id: str) -> list[Attempt]:
+        """Every failed try of every step of the run, across all its attempts, in order."""
+
     async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
         """Incidents newest first, of one run or of all."""
 

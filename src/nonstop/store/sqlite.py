@@ -68,6 +68,10 @@ SELECT_ATTEMPTS = (
     "SELECT run_id, seq, run_attempt, attempt, name, error, started_at, finished_at, retry_at"
     " FROM step_attempts WHERE run_id = ? AND run_attempt = ? ORDER BY seq, attempt"
 )
+SELECT_ALL_ATTEMPTS = (
+    "SELECT run_id, seq, run_attempt, attempt, name, error, started_at, finished_at, retry_at"
+    " FROM step_attempts WHERE run_id = ? ORDER BY run_attempt, seq, attempt"
+)
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
     " RETURNING id, cancel_requested"
@@ -198,20 +202,22 @@ def _history(conn: sqlite3.Connection, run_id: str, run_attempt: int) -> History
     }
     attempts: dict[int, list[Attempt]] = {}
     for row in conn.execute(SELECT_ATTEMPTS, (run_id, run_attempt)):
-        attempts.setdefault(row[1], []).append(
-            Attempt(
-                run_id=row[0],
-                seq=row[1],
-                run_attempt=row[2],
-                attempt=row[3],
-                name=row[4],
-                error=json.loads(row[5]),
-                started_at=row[6],
-                finished_at=row[7],
-                retry_at=row[8],
-            )
-        )
+        attempts.setdefault(row[1], []).append(_attempt(row))
     return History(steps=steps, attempts=attempts)
+
+
+def _attempt(row: tuple[Any, ...]) -> Attempt:
+    return Attempt(
+        run_id=row[0],
+        seq=row[1],
+        run_attempt=row[2],
+        attempt=row[3],
+        name=row[4],
+        error=json.loads(row[5]),
+        started_at=row[6],
+        finished_at=row[7],
+        retry_at=row[8],
+    )
 
 
 def parse_url(url: str) -> tuple[Path, str]:
@@ -321,7 +327,7 @@ class SQLiteStore:
             )
             return _run(conn.execute(SELECT_RUN, (new.id,)).fetchone()), cursor.rowcount == 1
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._read(lambda c: c.execute(SELECT_RUN, (run_id,)).fetchone())
@@ -354,7 +360,12 @@ class SQLiteStore:
             row = conn.execute("SELECT attempt FROM runs WHERE id = ?", (run_id,)).fetchone()
             return History() if row is None else _history(conn, run_id, row[0])
 
-        return await self._read(query)  # type: ignore[no-any-return]
+        history: History = await self._read(query)
+        return history
+
+    async def list_attempts(self, run_id: str) -> list[Attempt]:
+        rows = await self._read(lambda c: c.execute(SELECT_ALL_ATTEMPTS, (run_id,)).fetchall())
+        return [_attempt(row) for row in rows]
 
     async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
         rows = await self._read(
@@ -392,7 +403,7 @@ class SQLiteStore:
                 claimed.append(Claimed(run, _history(conn, run_id, run.attempt), recovered))
             return claimed
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         expires = now + lease_ttl
@@ -401,13 +412,13 @@ class SQLiteStore:
             rows = conn.execute(RENEW_LEASES, (expires, expires, owner)).fetchall()
             return {run_id for run_id, cancel in rows if cancel}
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(EXPIRE_LEASES, (now, now, _dumps(list(owners)))).rowcount
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def lease_owners(self) -> set[str]:
         rows = await self._read(lambda c: c.execute(SELECT_LEASE_OWNERS).fetchall())
@@ -417,7 +428,7 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(RELEASE_LEASES, (now, now, owner)).rowcount
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def next_due(self, agents: Sequence[str]) -> float | None:
         row = await self._read(
@@ -446,7 +457,7 @@ class SQLiteStore:
             )
             return cancel
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -479,7 +490,7 @@ class SQLiteStore:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
             return bool(row[0])
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def park_run(
         self,
@@ -562,7 +573,7 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return _run(row)
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
         def op(conn: sqlite3.Connection) -> list[Run]:
@@ -574,7 +585,7 @@ class SQLiteStore:
             conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (_dumps([r.id for r in runs]),))
             return runs
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def resume_run(self, run_id: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
@@ -584,7 +595,7 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return _run(row)
 
-        return await self._writer.submit(op)  # type: ignore[no-any-return]
+        return await self._writer.submit(op)
 
     async def add_incident(self, incident: Incident) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -627,9 +638,7 @@ def _migrate(conn: sqlite3.Connection, now: float) -> list[int]:
             continue
         for statement in _statements(sql):
             conn.execute(statement)
-        conn.execute(
-            "INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now)
-        )
+        conn.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, now))
         applied.append(version)
     return applied
 

@@ -1,0 +1,365 @@
+"""ASGI app factory and routes of the JSON API.
+
+Every failure the client can cause is a 4xx with `{"error": "..."}`; probes are open, the
+rest takes `Authorization: Bearer $NONSTOP_API_TOKEN` when a token is configured.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.base import BaseHTTPMiddleware, RequestResponseEndpoint
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from nonstop.app import Runtime
+from nonstop.errors import InvalidInput, NonstopError, RunNotFound, UnknownAgent
+from nonstop.models import RunStatus
+from nonstop.views import run_detail, run_dict
+
+_OPEN_PATHS = ("/healthz/", "/openapi.json")
+
+
+@dataclass(slots=True)
+class NodeState:
+    """What the probes report, kept up to date by the node."""
+
+    started: bool = False  # migrations applied, agents validated, orphans recovered
+    draining: bool = False  # shutting down: no new work
+    live_within: float = 10.0  # seconds the executor loop may go without ticking
+
+
+class _ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+class _BearerAuth(BaseHTTPMiddleware):
+    def __init__(self, app: Any, token: str | None) -> None:
+        super().__init__(app)
+        self._token = token
+
+    async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
+        if self._token and not request.url.path.startswith(_OPEN_PATHS):
+            scheme, _, given = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._token):
+                return _error(401, "missing or wrong bearer token")
+        return await call_next(request)
+
+
+def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> Starlette:
+    """The ASGI app of one node, over its runtime (store and executor)."""
+    store = runtime.store
+    app = runtime.app
+
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw:
+            return {}
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise _ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise _ApiError(400, "request body must be a JSON object")
+        return data
+
+    async def start_run(request: Request) -> Response:
+        data = await body(request)
+        agent = data.get("agent")
+        if not isinstance(agent, str):
+            raise _ApiError(422, "field 'agent' (a string) is required")
+        run_id = data.get("id") or request.headers.get("idempotency-key")
+        run, created = await runtime.start_run(agent, data.get("input"), run_id)
+        view = {
+            "run_id": run.id,
+            "status": str(run.status),
+            "created": created,
+            "url": f"/api/runs/{run.id}",
+        }
+        return JSONResponse(view, status_code=202 if created else 200)
+
+    async def list_runs(request: Request) -> Response:
+        status_text = request.query_params.get("status")
+        try:
+            status = RunStatus(status_text) if status_text else None
+        except ValueError:
+            raise _ApiError(400, f"unknown status {status_text!r}") from None
+        limit = _int_param(request, "limit", 50)
+        found = await store.list_runs(
+            agent=request.query_params.get("agent") or None, status=status, limit=limit
+        )
+        now = time.time()
+        return JSONResponse([run_dict(r, now) for r in found])
+
+    async def get_run(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        run = await store.get_run(run_id)
+        if run is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        history = await store.load_history(run_id)
+        detail = run_detail(
+            run,
+            list(history.steps.values()),
+            await store.list_attempts(run_id),
+            await store.list_incidents(run_id),
+            time.time(),
+        )
+        return JSONResponse(detail)
+
+    async def cancel_run(request: Request) -> Response:
+        run = await store.request_cancel(request.path_params["run_id"], time.time())
+        return JSONResponse(run_dict(run, time.time()))
+
+    async def resume_run(request: Request) -> Response:
+        run = await store.resume_run(request.path_params["run_id"], time.time())
+        if run.status != RunStatus.PENDING:
+            raise _ApiError(409, f"run {run.id} is {run.status}, not paused")
+        _notify(runtime)
+        return JSONResponse(run_dict(run, time.time()))
+
+    async def list_dlq(request: Request) -> Response:
+        limit = _int_param(request, "limit", 50)
+        found = await store.list_runs(status=RunStatus.DEAD, limit=limit)
+        now = time.time()
+        return JSONResponse([run_dict(r, now) for r in found])
+
+    async def replay_dlq(request: Request) -> Response:
+        run_id = request.path_params["run_id"]
+        replayed = await store.replay_dead(run_id, time.time())
+        if not replayed:
+            raise _ApiError(409, f"run {run_id} is not dead: only dead runs can be replayed")
+        _notify(runtime)
+        return JSONResponse(run_dict(replayed[0], time.time()))
+
+    async def list_agents(request: Request) -> Response:
+        return JSONResponse(
+            [
+                {
+                    "name": a.name,
+                    "kind": "async" if a.is_async else "sync",
+                    "timeout": a.timeout,
+                    "retry": {"max_attempts": a.retry.max_attempts},
+                }
+                for a in app.agents.values()
+            ]
+        )
+
+    async def startup_probe(request: Request) -> Response:
+        return _probe(state.started, "starting")
+
+    async def live_probe(request: Request) -> Response:
+        executor = runtime.executor
+        if executor is None:
+            return _probe(not state.started, "no executor")
+        age = time.monotonic() - executor.last_tick
+        return _probe(age <= state.live_within, f"executor loop silent for {age:.1f}s")
+
+    async def ready_probe(request: Request) -> Response:
+        if not state.started:
+            return _probe(False, "starting")
+        if state.draining:
+            return _probe(False, "draining")
+        try:
+            await store.get_run("")
+        except Exception as exc:
+            return _probe(False, f"store unreachable: {exc}")
+        return _probe(True, "")
+
+    async def openapi(request: Request) -> Response:
+        return JSONResponse(OPENAPI)
+
+    async def index(request: Request) -> Response:
+        return JSONResponse({"app": app.name, "agents": sorted(app.agents), "api": "/openapi.json"})
+
+    async def on_api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, _ApiError)
+        return _error(exc.status, exc.message)
+
+    async def on_nonstop_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, RunNotFound):
+            return _error(404, str(exc))
+        if isinstance(exc, UnknownAgent | InvalidInput):
+            return _error(422, str(exc))
+        return _error(400, str(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, str(exc.detail))
+
+    routes = [
+        Route("/", index),
+        Route("/api/runs", start_run, methods=["POST"]),
+        Route("/api/runs", list_runs, methods=["GET"]),
+        Route("/api/runs/{run_id:path}/cancel", cancel_run, methods=["POST"]),
+        Route("/api/runs/{run_id:path}/resume", resume_run, methods=["POST"]),
+        Route("/api/runs/{run_id:path}", get_run, methods=["GET"]),
+        Route("/api/dlq", list_dlq, methods=["GET"]),
+        Route("/api/dlq/{run_id:path}/replay", replay_dlq, methods=["POST"]),
+        Route("/api/agents", list_agents, methods=["GET"]),
+        Route("/healthz/startup", startup_probe),
+        Route("/healthz/live", live_probe),
+        Route("/healthz/ready", ready_probe),
+        Route("/openapi.json", openapi),
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_BearerAuth, token=token)],
+        exception_handlers={
+            _ApiError: on_api_error,
+            NonstopError: on_nonstop_error,
+            HTTPException: on_http_error,
+        },
+    )
+
+
+def _int_param(request: Request, name: str, default: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _ApiError(400, f"query parameter {name!r} must be an integer") from None
+    if value < 0:
+        raise _ApiError(400, f"query parameter {name!r} must not be negative")
+    return value
+
+
+def _probe(ok: bool, reason: str) -> Response:
+    if ok:
+        return JSONResponse({"status": "ok"})
+    return JSONResponse({"status": "fail", "reason": reason}, status_code=503)
+
+
+def _notify(runtime: Runtime) -> None:
+    if runtime.executor is not None:
+        runtime.executor.notify()
+
+
+def _schema_ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _op(
+    summary: str,
+    ok: str,
+    schema: dict[str, Any],
+    *,
+    body: bool = False,
+    params: list[dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    responses: dict[str, Any] = {
+        ok: {"description": "OK", "content": {"application/json": {"schema": schema}}},
+        "4XX": {
+            "description": "Bad request",
+            "content": {"application/json": {"schema": _schema_ref("Error")}},
+        },
+    }
+    operation: dict[str, Any] = {"summary": summary, "responses": responses}
+    if params:
+        operation["parameters"] = params
+    if body:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": _schema_ref("StartRun")}},
+        }
+    return operation
+
+
+_RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_QUERY = [
+    {"name": "agent", "in": "query", "required": False, "schema": {"type": "string"}},
+    {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "string", "enum": [s.value for s in RunStatus]},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 0},
+    },
+]
+_RUN = _schema_ref("Run")
+_PROBE = {"type": "object", "properties": {"status": {"type": "string"}}}
+
+OPENAPI: dict[str, Any] = {
+    "openapi": "3.0.3",
+    "info": {"title": "nonstop", "version": "1"},
+    "paths": {
+        "/api/runs": {
+            "post": _op("Start a run (idempotent by id)", "202", _schema_ref("Started"), body=True),
+            "get": _op(
+                "List runs, newest first", "200", {"type": "array", "items": _RUN}, params=_QUERY
+            ),
+        },
+        "/api/runs/{run_id}": {"get": _op("A run with its steps", "200", _RUN, params=[_RUN_ID])},
+        "/api/runs/{run_id}/cancel": {"post": _op("Cancel a run", "200", _RUN, params=[_RUN_ID])},
+        "/api/runs/{run_id}/resume": {
+            "post": _op("Resume a paused run", "200", _RUN, params=[_RUN_ID])
+        },
+        "/api/dlq": {
+            "get": _op("Dead runs", "200", {"type": "array", "items": _RUN}, params=_QUERY[2:])
+        },
+        "/api/dlq/{run_id}/replay": {
+            "post": _op("Replay a dead run", "200", _RUN, params=[_RUN_ID])
+        },
+        "/api/agents": {"get": _op("Declared agents", "200", {"type": "array"})},
+        "/healthz/startup": {"get": _op("Startup probe", "200", _PROBE)},
+        "/healthz/live": {"get": _op("Liveness probe", "200", _PROBE)},
+        "/healthz/ready": {"get": _op("Readiness probe", "200", _PROBE)},
+    },
+    "components": {
+        "schemas": {
+            "Error": {
+                "type": "object",
+                "required": ["error"],
+                "properties": {"error": {"type": "string"}},
+            },
+            "StartRun": {
+                "type": "object",
+                "required": ["agent"],
+                "properties": {
+                    "agent": {"type": "string"},
+                    "input": {"type": "object"},
+                    "id": {"type": "string"},
+                },
+            },
+            "Started": {
+                "type": "object",
+                "properties": {
+                    "run_id": {"type": "string"},
+                    "status": {"type": "string"},
+                    "created": {"type": "boolean"},
+                    "url": {"type": "string"},
+                },
+            },
+            "Run": {
+                "type": "object",
+                "properties": {
+                    "run_id": {"type": "string"},
+                    "agent": {"type": "string"},
+                    "status": {"type": "string"},
+                    "why": {"type": "string"},
+                },
+            },
+        }
+    },
+}
