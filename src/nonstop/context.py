@@ -193,7 +193,7 @@ class Context:
         worker thread) or async. If `fn` takes an `idempotency_key` parameter, it gets one.
         """
         seq = self._next_seq()
-        step_name = name or getattr(fn, "__qualname__", None) or repr(fn)
+        step_name = name or step_name_of(fn)
         record = self._recorded(seq, step_name)
         if record is not None:
             return self._replay(record)
@@ -396,6 +396,13 @@ class ReplayAwareLogger:
 def _error_payload(exc: BaseException) -> str:
     info = error_info(exc)
     return encode({"type": info["type"], "message": info["message"]}, "error")
+
+
+def step_name_of(fn: Callable[..., Any]) -> str:
+    """A step's default name: its qualified name without the `<locals>` of enclosing
+    functions (`Client.fetch`, `summarise`)."""
+    qualname = getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)
+    return str(qualname).rpartition("<locals>.")[2]
 
 
 @functools.lru_cache(maxsize=1024)

@@ -12,8 +12,16 @@ from nonstop.policies.durations import seconds
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [(30, 30.0), (1.5, 1.5), ("250ms", 0.25), ("30s", 30.0), ("5m", 300.0), ("2h", 7200.0),
-     ("1d", 86400.0), ("7", 7.0)],
+    [
+        (30, 30.0),
+        (1.5, 1.5),
+        ("250ms", 0.25),
+        ("30s", 30.0),
+        ("5m", 300.0),
+        ("2h", 7200.0),
+        ("1d", 86400.0),
+        ("7", 7.0),
+    ],
 )
 def test_durations_read_as_people_write_them(text: float | str, expected: float) -> None:
     assert seconds(text) == expected

@@ -441,20 +441,7 @@ class SQLiteStore:
     async def record_step(self, owner: str, record: StepRecord) -> bool:
         def op(conn: sqlite3.Connection) -> bool:
             cancel = _check_lease(conn, record.run_id, owner, record.finished_at)
-            conn.execute(
-                INSERT_STEP,
-                (
-                    record.run_id,
-                    record.seq,
-                    record.name,
-                    str(record.status),
-                    record.payload,
-                    record.checksum,
-                    record.attempts,
-                    record.started_at,
-                    record.finished_at,
-                ),
-            )
+            _insert_step(conn, record)
             return cancel
 
         return await self._writer.submit(op)
@@ -505,20 +492,7 @@ class SQLiteStore:
     ) -> None:
         def op(conn: sqlite3.Connection) -> None:
             if record is not None:
-                conn.execute(
-                    INSERT_STEP,
-                    (
-                        record.run_id,
-                        record.seq,
-                        record.name,
-                        str(record.status),
-                        record.payload,
-                        record.checksum,
-                        record.attempts,
-                        record.started_at,
-                        record.finished_at,
-                    ),
-                )
+                _insert_step(conn, record)
             cursor = conn.execute(
                 PARK_RUN, (str(status), wake_at, wake_at, reason, now, run_id, owner)
             )
@@ -605,6 +579,24 @@ class SQLiteStore:
             )
 
         await self._writer.submit(op)
+
+
+def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
+    values = (
+        record.run_id,
+        record.seq,
+        record.name,
+        str(record.status),
+        record.payload,
+        record.checksum,
+        record.attempts,
+        record.started_at,
+        record.finished_at,
+    )
+    try:
+        conn.execute(INSERT_STEP, values)
+    except sqlite3.IntegrityError:
+        raise StoreError(f"step {record.seq} of run {record.run_id} is already recorded") from None
 
 
 def _check_lease(conn: sqlite3.Connection, run_id: str, owner: str, now: float) -> bool:

@@ -1,0 +1,379 @@
+"""The Store contract, written against the protocol: every backend must pass all of it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from nonstop.context import checksum
+from nonstop.errors import RunNotFound, StoreError
+from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus
+from nonstop.store import LeaseLost, NewRun, Store
+
+from .conftest import StoreFactory
+
+T0 = 1_800_000_000.0
+AGENTS = ["a", "b"]
+
+
+def new(run_id: str, agent: str = "a", **fields: object) -> NewRun:
+    return NewRun(id=run_id, agent=agent, input={"n": 1}, **fields)  # type: ignore[arg-type]
+
+
+def record(run_id: str, seq: int, status: StepStatus = StepStatus.COMPLETED) -> StepRecord:
+    payload = json.dumps({"seq": seq})
+    return StepRecord(
+        run_id,
+        seq,
+        f"step{seq}",
+        status,
+        payload,
+        checksum(seq, f"step{seq}", status, payload),
+        1,
+        T0,
+        T0 + 0.5,
+    )
+
+
+async def claim_one(store: Store, owner: str = "n1", now: float = T0, ttl: float = 30.0) -> str:
+    claimed = await store.claim_runs(owner, agents=AGENTS, limit=1, now=now, lease_ttl=ttl)
+    assert len(claimed) == 1
+    return claimed[0].run.id
+
+
+def test_create_run_is_idempotent(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        first, created = await store.create_run(new("r1"), T0)
+        again, created_again = await store.create_run(
+            NewRun(id="r1", agent="b", input={"other": True}), T0 + 1
+        )
+        assert created and not created_again
+        assert again == first  # the existing run, unchanged
+        assert first.status == RunStatus.PENDING and first.attempt == 1
+        assert first.input == {"n": 1}
+        assert await store.get_run("r1") == first
+        assert await store.get_run("nope") is None
+
+    runner.run(go())
+
+
+def test_concurrent_creates_from_several_connections_make_one_run(
+    store: Store, another_store: StoreFactory, runner: asyncio.Runner
+) -> None:
+    stores = [store, another_store(), another_store()]
+
+    async def go() -> list[bool]:
+        calls = [s.create_run(new(f"r{i % 10}"), T0) for i in range(60) for s in stores]
+        return [created for _, created in await asyncio.gather(*calls)]
+
+    created = runner.run(go())
+    assert created.count(True) == 10
+    assert len(runner.run(store.list_runs(limit=0))) == 10
+
+
+def test_list_runs_filters_newest_first(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        for i in range(5):
+            await store.create_run(new(f"r{i}", agent="a" if i % 2 else "b"), T0 + i)
+        assert [r.id for r in await store.list_runs(limit=0)] == ["r4", "r3", "r2", "r1", "r0"]
+        assert [r.id for r in await store.list_runs(agent="a")] == ["r3", "r1"]
+        assert len(await store.list_runs(limit=2)) == 2
+        await claim_one(store, now=T0 + 10)
+        assert [r.id for r in await store.list_runs(status=RunStatus.RUNNING)] == ["r0"]
+
+    runner.run(go())
+
+
+def test_a_run_is_leased_to_one_owner_at_a_time(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        first = await store.claim_runs("n1", agents=AGENTS, limit=10, now=T0, lease_ttl=30)
+        assert [c.run.id for c in first] == ["r1"] and not first[0].recovered
+        assert first[0].run.status == RunStatus.RUNNING and first[0].run.lease_owner == "n1"
+        assert (
+            await store.claim_runs("n2", agents=AGENTS, limit=10, now=T0 + 29, lease_ttl=30) == []
+        )
+        # after expiry another owner recovers it, and an incident says so
+        later = await store.claim_runs("n2", agents=AGENTS, limit=10, now=T0 + 31, lease_ttl=30)
+        assert [c.run.id for c in later] == ["r1"] and later[0].recovered
+        kinds = [i.kind for i in await store.list_incidents("r1")]
+        assert kinds == ["recovered"]
+        with pytest.raises(LeaseLost):
+            await store.record_step("n1", record("r1", 1))
+
+    runner.run(go())
+
+
+def test_claims_respect_agents_limit_and_due_time(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("early"), T0)
+        await store.create_run(new("other", agent="zzz"), T0)
+        await store.create_run(new("later", not_before=T0 + 100), T0)
+        await store.create_run(new("second"), T0 + 1)
+        claimed = await store.claim_runs("n", agents=AGENTS, limit=1, now=T0 + 5, lease_ttl=300)
+        assert [c.run.id for c in claimed] == ["early"]
+        claimed = await store.claim_runs("n", agents=AGENTS, limit=9, now=T0 + 5, lease_ttl=300)
+        assert [c.run.id for c in claimed] == ["second"]
+        assert await store.next_due(AGENTS) == T0 + 100  # "later" wakes before leases expire
+        assert await store.next_due(["zzz"]) == T0
+        claimed = await store.claim_runs("n", agents=AGENTS, limit=9, now=T0 + 100, lease_ttl=30)
+        assert [c.run.id for c in claimed] == ["later"]
+
+    runner.run(go())
+
+
+def test_concurrent_claimers_never_share_a_run(
+    store: Store, another_store: StoreFactory, runner: asyncio.Runner
+) -> None:
+    stores = [store, another_store(), another_store()]
+
+    async def go() -> list[str]:
+        for i in range(150):
+            await store.create_run(new(f"r{i:03}"), T0)
+
+        async def claimer(s: Store, owner: str) -> list[str]:
+            got: list[str] = []
+            while True:
+                batch = await s.claim_runs(owner, agents=AGENTS, limit=7, now=T0, lease_ttl=60)
+                if not batch:
+                    return got
+                got += [c.run.id for c in batch]
+
+        results = await asyncio.gather(*(claimer(s, f"n{i}") for i, s in enumerate(stores)))
+        return [run_id for got in results for run_id in got]
+
+    claimed = runner.run(go())
+    assert sorted(claimed) == [f"r{i:03}" for i in range(150)]
+
+
+def test_steps_are_recorded_once_and_only_by_the_lease_holder(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        await claim_one(store)
+        with pytest.raises(LeaseLost):
+            await store.record_step("intruder", record("r1", 1))
+        assert await store.record_step("n1", record("r1", 1)) is False
+        with pytest.raises(StoreError, match="already recorded"):
+            await store.record_step("n1", record("r1", 1))
+        history = await store.load_history("r1")
+        assert list(history.steps) == [1]
+        assert history.steps[1] == record("r1", 1)
+        run = await store.get_run("r1")
+        assert run is not None and run.heartbeat_at is not None  # a step counts as a beat
+
+    runner.run(go())
+
+
+def test_attempts_belong_to_the_current_run_attempt(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        await claim_one(store)
+        tried = Attempt("r1", 1, 1, 1, "step1", {"type": "E", "message": "x"}, T0, T0 + 1, T0 + 5)
+        await store.record_attempt("n1", tried)
+        assert (await store.load_history("r1")).attempts == {1: [tried]}
+        await store.record_step("n1", record("r1", 1))
+        await store.record_step("n1", record("r1", 2, StepStatus.FAILED))
+        await store.retry_run("n1", "r1", wake_at=T0 + 10, error={"message": "boom"}, now=T0 + 2)
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.status, run.attempt, run.wake_at) == (RunStatus.SLEEPING, 2, T0 + 10)
+        assert run.lease_owner is None and run.error == {"message": "boom"}
+        history = await store.load_history("r1")
+        assert list(history.steps) == [1]  # the failed step is dropped, the completed one kept
+        assert history.attempts == {}  # attempts of the earlier run attempt are not replayed
+        assert await store.list_attempts("r1") == [tried]  # but still shown
+        assert await store.claim_runs("n1", agents=AGENTS, limit=5, now=T0 + 9, lease_ttl=30) == []
+        assert len(await store.claim_runs("n1", agents=AGENTS, limit=5, now=T0 + 10, lease_ttl=30))
+
+    runner.run(go())
+
+
+def test_park_commits_the_record_and_releases_the_lease_together(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        await claim_one(store)
+        with pytest.raises(LeaseLost):
+            await store.park_run(
+                "intruder",
+                "r1",
+                status=RunStatus.SLEEPING,
+                wake_at=T0 + 60,
+                reason="x",
+                now=T0,
+                record=record("r1", 1),
+            )
+        assert (await store.load_history("r1")).steps == {}  # nothing half-written
+        await store.park_run(
+            "n1",
+            "r1",
+            status=RunStatus.SLEEPING,
+            wake_at=T0 + 60,
+            reason="sleeping until later",
+            now=T0,
+            record=record("r1", 1),
+        )
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.status, run.wake_at, run.wait_reason) == (
+            RunStatus.SLEEPING,
+            T0 + 60,
+            "sleeping until later",
+        )
+        assert run.lease_owner is None
+        assert list((await store.load_history("r1")).steps) == [1]
+        assert await store.next_due(AGENTS) == T0 + 60
+
+    runner.run(go())
+
+
+def test_finish_and_heartbeat(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        await claim_one(store)
+        assert await store.heartbeat("n1", "r1", "busy", {"items": 3}, T0 + 1) is False
+        run = await store.get_run("r1")
+        assert run is not None and run.heartbeat == {"status": "busy", "items": 3}
+        with pytest.raises(LeaseLost):
+            await store.heartbeat("n2", "r1", "busy", {}, T0 + 1)
+        await store.finish_run(
+            "n1", "r1", status=RunStatus.COMPLETED, now=T0 + 2, output={"ok": [1, 2]}
+        )
+        run = await store.get_run("r1")
+        assert run is not None
+        assert (run.status, run.output, run.finished_at) == (
+            RunStatus.COMPLETED,
+            {"ok": [1, 2]},
+            T0 + 2,
+        )
+        assert run.lease_owner is None
+        with pytest.raises(LeaseLost):
+            await store.finish_run("n1", "r1", status=RunStatus.DEAD, now=T0 + 3)
+        assert await store.next_due(AGENTS) is None
+
+    runner.run(go())
+
+
+def test_cancel_idle_at_once_and_running_by_flag(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("idle"), T0 + 1)
+        await store.create_run(new("busy"), T0)
+        await claim_one(store)
+        idle = await store.request_cancel("idle", T0 + 2)
+        assert idle.status == RunStatus.CANCELLED
+        busy = await store.request_cancel("busy", T0 + 2)
+        assert busy.status == RunStatus.RUNNING and busy.cancel_requested
+        assert await store.record_step("n1", record("busy", 1)) is True
+        assert await store.renew_leases("n1", now=T0 + 3, lease_ttl=30) == {"busy"}
+        await store.finish_run("n1", "busy", status=RunStatus.CANCELLED, now=T0 + 4)
+        done = await store.request_cancel("busy", T0 + 5)
+        assert done.status == RunStatus.CANCELLED and not done.cancel_requested
+        with pytest.raises(RunNotFound):
+            await store.request_cancel("nope", T0)
+
+    runner.run(go())
+
+
+def test_leases_renew_expire_and_release(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        for i in range(3):
+            await store.create_run(new(f"r{i}"), T0)
+        claimed = await store.claim_runs("n1", agents=AGENTS, limit=2, now=T0, lease_ttl=10)
+        assert await store.lease_owners() == {"n1"}
+        await store.renew_leases("n1", now=T0 + 8, lease_ttl=10)
+        assert await store.claim_runs("n2", agents=AGENTS, limit=5, now=T0 + 15, lease_ttl=10) != []
+        # only the third run was free; n1's renewed leases still hold at T0 + 15
+        assert await store.lease_owners() == {"n1", "n2"}
+        assert await store.expire_leases(["n1"], T0 + 16) == 2
+        recovered = await store.claim_runs("n2", agents=AGENTS, limit=5, now=T0 + 16, lease_ttl=10)
+        assert sorted(c.run.id for c in recovered) == sorted(c.run.id for c in claimed)
+        assert all(c.recovered for c in recovered)
+        assert await store.release_leases("n2", T0 + 17) == 3
+        runs = await store.list_runs(limit=0)
+        assert {r.status for r in runs} == {RunStatus.PENDING}
+        assert await store.lease_owners() == set()
+        assert await store.next_due(AGENTS) == T0 + 17
+
+    runner.run(go())
+
+
+def test_dead_runs_replay_from_their_last_good_checkpoint(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        for name in ("d1", "d2", "ok"):
+            await store.create_run(new(name), T0)
+            await claim_one(store)
+            await store.record_step("n1", record(name, 1))
+            if name != "ok":
+                await store.record_step("n1", record(name, 2, StepStatus.FAILED))
+            status = RunStatus.COMPLETED if name == "ok" else RunStatus.DEAD
+            await store.finish_run("n1", name, status=status, now=T0 + 1, error={"message": "x"})
+        dead = await store.list_runs(status=RunStatus.DEAD, limit=0)
+        assert sorted(r.id for r in dead) == ["d1", "d2"]
+        assert await store.replay_dead("ok", T0 + 2) == []  # not dead: untouched
+        with pytest.raises(RunNotFound):
+            await store.replay_dead("nope", T0 + 2)
+        one = await store.replay_dead("d1", T0 + 2)
+        assert [(r.id, r.status, r.attempt) for r in one] == [("d1", RunStatus.PENDING, 2)]
+        assert list((await store.load_history("d1")).steps) == [1]
+        rest = await store.replay_dead(None, T0 + 3)
+        assert [r.id for r in rest] == ["d2"]
+        assert await store.list_runs(status=RunStatus.DEAD) == []
+        ok = await store.get_run("ok")
+        assert ok is not None and ok.status == RunStatus.COMPLETED
+
+    runner.run(go())
+
+
+def test_resume_makes_a_paused_run_due(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("r1"), T0)
+        await claim_one(store)
+        await store.park_run(
+            "n1",
+            "r1",
+            status=RunStatus.PAUSED,
+            wake_at=None,
+            reason="paused: needs a human",
+            now=T0,
+        )
+        assert await store.next_due(AGENTS) is None
+        resumed = await store.resume_run("r1", T0 + 5)
+        assert resumed.status == RunStatus.PENDING
+        assert await store.next_due(AGENTS) == T0 + 5
+        with pytest.raises(RunNotFound):
+            await store.resume_run("nope", T0)
+
+    runner.run(go())
+
+
+def test_incidents_are_appended_and_listed_newest_first(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        await store.add_incident(Incident("r1", "a", "timeout", "slow", T0))
+        await store.add_incident(Incident("r2", "a", "recovered", "x", T0 + 1))
+        await store.add_incident(Incident("r1", "a", "recovered", "y", T0 + 2))
+        assert [i.detail for i in await store.list_incidents("r1")] == ["y", "slow"]
+        assert len(await store.list_incidents()) == 3
+
+    runner.run(go())
+
+
+def test_reopening_applies_no_migration_twice(store_url: str, runner: asyncio.Runner) -> None:
+    from nonstop.store import open_store
+
+    async def go() -> None:
+        for _ in range(3):
+            s = open_store(store_url)
+            await s.open()
+            await s.create_run(new("r1"), T0)
+            await s.close()
+
+    runner.run(go())
