@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -66,13 +65,18 @@ def main() -> None:
     """Entry point: run the CLI, turning every expected failure into one line on stderr."""
     command = typer.main.get_command(cli)
     try:
-        command.main(prog_name="nonstop", standalone_mode=False)
-    except click.exceptions.Abort:
+        args = sys.argv[1:] or ["--help"]
+        command.main(args, prog_name="nonstop", standalone_mode=False)
+    except typer.Abort:
         _fail("aborted", 130)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: unknown command, bad option value
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `nonstop dlq`: show its help
+            print(exc.format_message())  # type: ignore[attr-defined]
+            sys.exit(0)
+        format_message = getattr(exc, "format_message", None)
+        _fail(format_message() if format_message else str(exc), getattr(exc, "exit_code", 2))
     except (NonstopError, CliError) as exc:
         _fail(str(exc), 1)
     except KeyboardInterrupt:
