@@ -73,7 +73,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except typer.TyperException as exc:  # usage errors: unknown command, bad option value
         if type(exc).__name__ == "NoArgsIsHelpError":  # `nonstop dlq`: show its help
-            print(exc.format_message())  # type: ignore[attr-defined]
+            print(exc.format_message())
             sys.exit(0)
         format_message = getattr(exc, "format_message", None)
         _fail(format_message() if format_message else str(exc), getattr(exc, "exit_code", 2))

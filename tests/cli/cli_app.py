@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import nonstop
 from nonstop import Retry
@@ -20,7 +19,7 @@ async def echo(ctx: nonstop.Context, text: str = "hi") -> dict[str, str]:
 @app.agent(retry=Retry(max_attempts=1))
 async def broken(ctx: nonstop.Context) -> None:
     await ctx.step(str.upper, "x", name="upper")
-    if Path(os.environ.get("CLI_TEST_BROKEN_FLAG", "/nonexistent")).exists():
+    if os.path.exists(os.environ.get("CLI_TEST_BROKEN_FLAG", "/nonexistent")):  # noqa: ASYNC240
         raise RuntimeError("deliberate failure")
 
 
