@@ -244,7 +244,7 @@ class SQLiteStore:
         self.url = url
         self.path, self.synchronous = parse_url(url)
         self._create = create
-        self._writer = SQLiteWriter(self._connect)
+        self._writer: SQLiteWriter | None = None
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
@@ -252,7 +252,8 @@ class SQLiteStore:
 
     @property
     def commits(self) -> int:
-        return self._writer.commits
+        """Write transactions committed so far by this store (shows group commit at work)."""
+        return 0 if self._writer is None else self._writer.commits
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -260,8 +261,13 @@ class SQLiteStore:
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(f"PRAGMA synchronous = {self.synchronous}")
-        conn.execute("PRAGMA foreign_keys = ON")
         return conn
+
+    @property
+    def _write(self) -> SQLiteWriter:
+        if self._writer is None:
+            raise StoreError("the store is not open")
+        return self._writer
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
@@ -289,16 +295,25 @@ class SQLiteStore:
                 )
             if not self.path.parent.exists():
                 raise StoreError(f"directory does not exist: {self.path.parent}")
-        await asyncio.to_thread(self._writer.start)
+        try:
+            conn = self._connect()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open {self.path}: {exc}") from None
+        # The writer never waits for the lock inside SQLite (that would block the event
+        # loop); it retries from the loop instead.
+        conn.execute("PRAGMA busy_timeout = 0")
+        self._writer = SQLiteWriter(conn)
         self._opened = True
         now = time.time()
-        await self._writer.submit(lambda conn: _migrate(conn, now))
+        await self._write.submit(lambda conn: _migrate(conn, now))
 
     async def close(self) -> None:
         if not self._opened:
             return
         self._opened = False
-        await asyncio.to_thread(self._writer.stop)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -327,7 +342,7 @@ class SQLiteStore:
             )
             return _run(conn.execute(SELECT_RUN, (new.id,)).fetchone()), cursor.rowcount == 1
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._read(lambda c: c.execute(SELECT_RUN, (run_id,)).fetchone())
@@ -403,7 +418,7 @@ class SQLiteStore:
                 claimed.append(Claimed(run, _history(conn, run_id, run.attempt), recovered))
             return claimed
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         expires = now + lease_ttl
@@ -412,13 +427,13 @@ class SQLiteStore:
             rows = conn.execute(RENEW_LEASES, (expires, expires, owner)).fetchall()
             return {run_id for run_id, cancel in rows if cancel}
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(EXPIRE_LEASES, (now, now, _dumps(list(owners)))).rowcount
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def lease_owners(self) -> set[str]:
         rows = await self._read(lambda c: c.execute(SELECT_LEASE_OWNERS).fetchall())
@@ -428,7 +443,7 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(RELEASE_LEASES, (now, now, owner)).rowcount
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def next_due(self, agents: Sequence[str]) -> float | None:
         row = await self._read(
@@ -444,7 +459,7 @@ class SQLiteStore:
             _insert_step(conn, record)
             return cancel
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -464,7 +479,7 @@ class SQLiteStore:
                 ),
             )
 
-        await self._writer.submit(op)
+        await self._write.submit(op)
 
     async def heartbeat(
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
@@ -477,7 +492,7 @@ class SQLiteStore:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
             return bool(row[0])
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def park_run(
         self,
@@ -499,7 +514,7 @@ class SQLiteStore:
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
 
-        await self._writer.submit(op)
+        await self._write.submit(op)
 
     async def retry_run(
         self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
@@ -514,7 +529,7 @@ class SQLiteStore:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
             conn.execute(DROP_FAILED_STEPS, (run_id,))
 
-        await self._writer.submit(op)
+        await self._write.submit(op)
 
     async def finish_run(
         self,
@@ -534,7 +549,7 @@ class SQLiteStore:
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
 
-        await self._writer.submit(op)
+        await self._write.submit(op)
 
     # -- operator verbs -------------------------------------------------------------------
 
@@ -547,7 +562,7 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return _run(row)
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
         def op(conn: sqlite3.Connection) -> list[Run]:
@@ -559,7 +574,7 @@ class SQLiteStore:
             conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (_dumps([r.id for r in runs]),))
             return runs
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def resume_run(self, run_id: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
@@ -569,7 +584,7 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return _run(row)
 
-        return await self._writer.submit(op)
+        return await self._write.submit(op)
 
     async def add_incident(self, incident: Incident) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -578,7 +593,7 @@ class SQLiteStore:
                 (incident.run_id, incident.agent, incident.kind, incident.detail, incident.at),
             )
 
-        await self._writer.submit(op)
+        await self._write.submit(op)
 
 
 def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
