@@ -22,8 +22,6 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import structlog
-
 from nonstop.errors import (
     CorruptCheckpoint,
     InvalidInput,
@@ -32,6 +30,7 @@ from nonstop.errors import (
     StepTimeout,
 )
 from nonstop.models import JSON, Attempt, History, Run, RunStatus, StepRecord, StepStatus
+from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.durations import Duration, optional_seconds, seconds
 from nonstop.policies.retry import NO_RETRY, Retry
 
@@ -112,9 +111,7 @@ class Context:
         self._replay_until = max(history.steps, default=0)
         self.log = ReplayAwareLogger(
             self,
-            structlog.get_logger("nonstop.agent").bind(
-                agent=run.agent, run_id=run.id, attempt=run.attempt
-            ),
+            get_logger("nonstop.agent", agent=run.agent, run_id=run.id, attempt=run.attempt),
         )
 
     @property
@@ -369,7 +366,7 @@ class ReplayAwareLogger:
     """`ctx.log`: a structlog logger that stays quiet while the handler is replaying, so
     a message is logged once per real execution, not once per replay."""
 
-    def __init__(self, ctx: Context, logger: Any) -> None:
+    def __init__(self, ctx: Context, logger: Logger) -> None:
         self._ctx = ctx
         self._logger = logger
 

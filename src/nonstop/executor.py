@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import psutil
-import structlog
 
 from nonstop.context import Context, Interrupt, SyncContext, encode, error_info, iso
 from nonstop.errors import (
@@ -28,13 +27,14 @@ from nonstop.errors import (
     RunTimeout,
 )
 from nonstop.models import Incident, RunStatus
+from nonstop.observe.logging import get_logger
 from nonstop.policies.retry import gives_up
 from nonstop.store.base import Claimed, LeaseLost, Store
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
 
-log = structlog.get_logger("nonstop.executor")
+log = get_logger("nonstop.executor")
 
 _STEP_THREADS = 64
 

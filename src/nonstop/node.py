@@ -16,16 +16,15 @@ import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import structlog
 import uvicorn
 
 from nonstop.api import NodeState, create_api
 from nonstop.app import App, Runtime
 from nonstop.errors import ConfigError, NonstopError
-from nonstop.observe.logging import configure
+from nonstop.observe.logging import configure, get_logger
 from nonstop.store import open_store
 
-log = structlog.get_logger("nonstop.node")
+log = get_logger("nonstop.node")
 
 
 @dataclass(frozen=True, slots=True)

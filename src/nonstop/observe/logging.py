@@ -1,31 +1,53 @@
-"""JSON logs: one object per line with ts, level, event and the run's fields.
+"""Structured logs: one JSON object per line with ts, level, event and the run's fields.
 
-Only `nonstop serve` configures logging globally; an embedding program keeps its own setup.
+nonstop logs through the standard `logging` module (loggers named `nonstop.*`), with
+structlog building the records, so a program that embeds nonstop controls its logs the
+usual way. `nonstop serve` installs the JSON-lines handler (`configure`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import structlog
 
+Logger = structlog.stdlib.BoundLogger
+
+
+def get_logger(name: str, **fields: Any) -> Logger:
+    """A structlog logger writing to the stdlib logger `name`, with `fields` bound."""
+    logger: Logger = structlog.wrap_logger(
+        logging.getLogger(name),
+        processors=[
+            structlog.stdlib.filter_by_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+            structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
+        ],
+        wrapper_class=structlog.stdlib.BoundLogger,
+    )
+    return logger.bind(**fields) if fields else logger
+
 
 def configure(*, json: bool = True, level: int = logging.INFO) -> None:
-    """Send structlog and stdlib logs to stderr, as JSON lines (or readable text)."""
-    renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    """Send `nonstop.*` logs to stderr as JSON lines (or readable text)."""
+    renderer: Any = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.stdlib.add_log_level,
+                renderer,
+            ],
+            foreign_pre_chain=[
+                structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
+                structlog.stdlib.add_log_level,
+            ],
+        )
     )
-    structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-        cache_logger_on_first_use=False,
-    )
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(message)s")
+    root = logging.getLogger("nonstop")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
