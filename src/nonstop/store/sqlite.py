@@ -1,4 +1,4 @@
-"""SQLite store: a WAL-mode file, one writer thread with group commit, pooled readers.
+"""SQLite store: a WAL-mode file, one writer with group commit, readers in threads.
 
 URL forms: `sqlite:///relative/path.db`, `sqlite:////absolute/path.db`, with an optional
 `?synchronous=full|normal` (default `full`: a commit survives power loss; `normal` can lose
@@ -12,7 +12,6 @@ decide which process executes a run.
 from __future__ import annotations
 
 import asyncio
-import json
 import sqlite3
 import threading
 import time
@@ -31,18 +30,24 @@ from nonstop.models import (
     Run,
     RunStatus,
     StepRecord,
-    StepStatus,
+)
+from nonstop.store._rows import (
+    ATTEMPT_FIELDS,
+    RUN_FIELDS,
+    STEP_FIELDS,
+    attempt_from_row,
+    attempt_values,
+    dumps,
+    run_from_row,
+    step_from_row,
+    step_values,
 )
 from nonstop.store._sqlite_writer import SQLiteWriter
 from nonstop.store.base import Claimed, LeaseLost, NewRun
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
-RUN_COLUMNS = (
-    "id, agent, status, input, output, error, attempt, priority, app_version, parent_id,"
-    " wake_at, wait_reason, lease_owner, lease_expires, cancel_requested, heartbeat_at,"
-    " heartbeat, created_at, updated_at, started_at, finished_at"
-)
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
 
 INSERT_RUN = (
     "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
@@ -60,17 +65,14 @@ CLAIM_RUN = (
     " started_at = coalesce(started_at, ?) WHERE id = ?"
     f" RETURNING {RUN_COLUMNS}"
 )
-SELECT_STEPS = (
-    "SELECT run_id, seq, name, status, payload, checksum, attempts, started_at, finished_at"
-    " FROM steps WHERE run_id = ?"
-)
+SELECT_STEPS = f"SELECT {', '.join(STEP_FIELDS)} FROM steps WHERE run_id = ?"
 SELECT_ATTEMPTS = (
-    "SELECT run_id, seq, run_attempt, attempt, name, error, started_at, finished_at, retry_at"
-    " FROM step_attempts WHERE run_id = ? AND run_attempt = ? ORDER BY seq, attempt"
+    f"SELECT {', '.join(ATTEMPT_FIELDS)} FROM step_attempts WHERE run_id = ? AND run_attempt = ?"
+    " ORDER BY seq, attempt"
 )
 SELECT_ALL_ATTEMPTS = (
-    "SELECT run_id, seq, run_attempt, attempt, name, error, started_at, finished_at, retry_at"
-    " FROM step_attempts WHERE run_id = ? ORDER BY run_attempt, seq, attempt"
+    f"SELECT {', '.join(ATTEMPT_FIELDS)} FROM step_attempts WHERE run_id = ?"
+    " ORDER BY run_attempt, seq, attempt"
 )
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
@@ -94,13 +96,9 @@ CHECK_LEASE = (
     "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
     " RETURNING cancel_requested"
 )
-INSERT_STEP = (
-    "INSERT INTO steps (run_id, seq, name, status, payload, checksum, attempts, started_at,"
-    " finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-)
+INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({', '.join('?' * 9)})"
 INSERT_ATTEMPT = (
-    "INSERT INTO step_attempts (run_id, seq, run_attempt, attempt, name, error, started_at,"
-    " finished_at, retry_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO step_attempts ({', '.join(ATTEMPT_FIELDS)}) VALUES ({', '.join('?' * 9)})"
 )
 HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = ?, heartbeat = ? WHERE id = ? AND lease_owner = ?"
@@ -151,73 +149,12 @@ SELECT_INCIDENTS = (
 )
 
 
-def _dumps(value: JSON) -> str:
-    return json.dumps(value, separators=(",", ":"))
-
-
-def _loads(text: str | None) -> Any:
-    return None if text is None else json.loads(text)
-
-
-def _run(row: sqlite3.Row | tuple[Any, ...]) -> Run:
-    return Run(
-        id=row[0],
-        agent=row[1],
-        status=RunStatus(row[2]),
-        input=json.loads(row[3]),
-        output=_loads(row[4]),
-        error=_loads(row[5]),
-        attempt=row[6],
-        priority=row[7],
-        app_version=row[8],
-        parent_id=row[9],
-        wake_at=row[10],
-        wait_reason=row[11],
-        lease_owner=row[12],
-        lease_expires=row[13],
-        cancel_requested=bool(row[14]),
-        heartbeat_at=row[15],
-        heartbeat=_loads(row[16]),
-        created_at=row[17],
-        updated_at=row[18],
-        started_at=row[19],
-        finished_at=row[20],
-    )
-
-
 def _history(conn: sqlite3.Connection, run_id: str, run_attempt: int) -> History:
-    steps = {
-        row[1]: StepRecord(
-            run_id=row[0],
-            seq=row[1],
-            name=row[2],
-            status=StepStatus(row[3]),
-            payload=row[4],
-            checksum=row[5],
-            attempts=row[6],
-            started_at=row[7],
-            finished_at=row[8],
-        )
-        for row in conn.execute(SELECT_STEPS, (run_id,))
-    }
+    steps = {row[1]: step_from_row(row) for row in conn.execute(SELECT_STEPS, (run_id,))}
     attempts: dict[int, list[Attempt]] = {}
     for row in conn.execute(SELECT_ATTEMPTS, (run_id, run_attempt)):
-        attempts.setdefault(row[1], []).append(_attempt(row))
+        attempts.setdefault(row[1], []).append(attempt_from_row(row))
     return History(steps=steps, attempts=attempts)
-
-
-def _attempt(row: tuple[Any, ...]) -> Attempt:
-    return Attempt(
-        run_id=row[0],
-        seq=row[1],
-        run_attempt=row[2],
-        attempt=row[3],
-        name=row[4],
-        error=json.loads(row[5]),
-        started_at=row[6],
-        finished_at=row[7],
-        retry_at=row[8],
-    )
 
 
 def parse_url(url: str) -> tuple[Path, str]:
@@ -330,7 +267,7 @@ class SQLiteStore:
                 (
                     new.id,
                     new.agent,
-                    _dumps(new.input),
+                    dumps(new.input),
                     new.priority,
                     new.app_version,
                     new.parent_id,
@@ -340,13 +277,15 @@ class SQLiteStore:
                     now,
                 ),
             )
-            return _run(conn.execute(SELECT_RUN, (new.id,)).fetchone()), cursor.rowcount == 1
+            return run_from_row(
+                conn.execute(SELECT_RUN, (new.id,)).fetchone()
+            ), cursor.rowcount == 1
 
         return await self._write.submit(op)
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._read(lambda c: c.execute(SELECT_RUN, (run_id,)).fetchone())
-        return None if row is None else _run(row)
+        return None if row is None else run_from_row(row)
 
     async def list_runs(
         self,
@@ -368,7 +307,7 @@ class SQLiteStore:
             query += " LIMIT ?"
             params.append(limit)
         rows = await self._read(lambda c: c.execute(query, params).fetchall())
-        return [_run(row) for row in rows]
+        return [run_from_row(row) for row in rows]
 
     async def load_history(self, run_id: str) -> History:
         def query(conn: sqlite3.Connection) -> History:
@@ -380,7 +319,7 @@ class SQLiteStore:
 
     async def list_attempts(self, run_id: str) -> list[Attempt]:
         rows = await self._read(lambda c: c.execute(SELECT_ALL_ATTEMPTS, (run_id,)).fetchall())
-        return [_attempt(row) for row in rows]
+        return [attempt_from_row(row) for row in rows]
 
     async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
         rows = await self._read(
@@ -402,13 +341,13 @@ class SQLiteStore:
         expires = now + lease_ttl
 
         def op(conn: sqlite3.Connection) -> list[Claimed]:
-            due = conn.execute(SELECT_DUE, (now, _dumps(list(agents)), limit)).fetchall()
+            due = conn.execute(SELECT_DUE, (now, dumps(list(agents)), limit)).fetchall()
             claimed = []
             for run_id, status in due:
                 row = conn.execute(
                     CLAIM_RUN, (owner, expires, expires, now, now, now, run_id)
                 ).fetchone()
-                run = _run(row)
+                run = run_from_row(row)
                 recovered = status == RunStatus.RUNNING
                 if recovered:
                     conn.execute(
@@ -431,7 +370,7 @@ class SQLiteStore:
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(EXPIRE_LEASES, (now, now, _dumps(list(owners)))).rowcount
+            return conn.execute(EXPIRE_LEASES, (now, now, dumps(list(owners)))).rowcount
 
         return await self._write.submit(op)
 
@@ -447,7 +386,7 @@ class SQLiteStore:
 
     async def next_due(self, agents: Sequence[str]) -> float | None:
         row = await self._read(
-            lambda c: c.execute(SELECT_NEXT_DUE, (_dumps(list(agents)),)).fetchone()
+            lambda c: c.execute(SELECT_NEXT_DUE, (dumps(list(agents)),)).fetchone()
         )
         return None if row is None else row[0]
 
@@ -464,27 +403,14 @@ class SQLiteStore:
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         def op(conn: sqlite3.Connection) -> None:
             _check_lease(conn, attempt.run_id, owner, attempt.finished_at)
-            conn.execute(
-                INSERT_ATTEMPT,
-                (
-                    attempt.run_id,
-                    attempt.seq,
-                    attempt.run_attempt,
-                    attempt.attempt,
-                    attempt.name,
-                    _dumps(attempt.error),
-                    attempt.started_at,
-                    attempt.finished_at,
-                    attempt.retry_at,
-                ),
-            )
+            conn.execute(INSERT_ATTEMPT, attempt_values(attempt))
 
         await self._write.submit(op)
 
     async def heartbeat(
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
     ) -> bool:
-        beat = _dumps({"status": status, **fields})
+        beat = dumps({"status": status, **fields})
 
         def op(conn: sqlite3.Connection) -> bool:
             row = conn.execute(HEARTBEAT, (now, beat, run_id, owner)).fetchone()
@@ -523,7 +449,7 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                RETRY_RUN, (_dumps(error), wake_at, wake_at, reason, now, run_id, owner)
+                RETRY_RUN, (dumps(error), wake_at, wake_at, reason, now, run_id, owner)
             )
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
@@ -541,8 +467,8 @@ class SQLiteStore:
         output: JSON = None,
         error: dict[str, JSON] | None = None,
     ) -> None:
-        out = None if status != RunStatus.COMPLETED else _dumps(output)
-        err = None if error is None else _dumps(error)
+        out = None if status != RunStatus.COMPLETED else dumps(output)
+        err = None if error is None else dumps(error)
 
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(FINISH_RUN, (str(status), out, err, now, now, run_id, owner))
@@ -560,7 +486,7 @@ class SQLiteStore:
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            return _run(row)
+            return run_from_row(row)
 
         return await self._write.submit(op)
 
@@ -570,8 +496,10 @@ class SQLiteStore:
                 row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
                 if row is None:
                     raise RunNotFound(f"no run with id {run_id!r}")
-            runs = [_run(row) for row in conn.execute(REPLAY_DEAD, (now, now, run_id, run_id))]
-            conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (_dumps([r.id for r in runs]),))
+            runs = [
+                run_from_row(row) for row in conn.execute(REPLAY_DEAD, (now, now, run_id, run_id))
+            ]
+            conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (dumps([r.id for r in runs]),))
             return runs
 
         return await self._write.submit(op)
@@ -582,7 +510,7 @@ class SQLiteStore:
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            return _run(row)
+            return run_from_row(row)
 
         return await self._write.submit(op)
 
@@ -597,19 +525,8 @@ class SQLiteStore:
 
 
 def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
-    values = (
-        record.run_id,
-        record.seq,
-        record.name,
-        str(record.status),
-        record.payload,
-        record.checksum,
-        record.attempts,
-        record.started_at,
-        record.finished_at,
-    )
     try:
-        conn.execute(INSERT_STEP, values)
+        conn.execute(INSERT_STEP, step_values(record))
     except sqlite3.IntegrityError:
         raise StoreError(f"step {record.seq} of run {record.run_id} is already recorded") from None
 
