@@ -33,6 +33,7 @@ from nonstop.models import JSON, Attempt, History, Run, RunStatus, StepRecord, S
 from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.durations import Duration, optional_seconds, seconds
 from nonstop.policies.retry import NO_RETRY, Retry
+from nonstop.store.base import LeaseLost
 
 if TYPE_CHECKING:
     from nonstop.store.base import Store
@@ -52,7 +53,16 @@ class Interrupt(BaseException):
     """Unwinds a handler without it being able to swallow the unwinding in `except Exception`.
 
     Raised when the run parked itself (sleep), was cancelled, or was abandoned by its
-    executor (timeout, shutdown, lost lease)."""
+    executor (timeout, shutdown), or when the store can no longer take its progress (lease
+    lost, database unreachable): then the run is left for recovery from its checkpoints."""
+
+    PARKED = "parked"
+    CANCELLED = "cancelled"
+    ABANDONED = "abandoned"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease lost"
+    STORE_FAILED = "store failed"
 
     def __init__(self, why: str) -> None:
         super().__init__(why)
@@ -133,9 +143,9 @@ class Context:
 
     def _check_alive(self) -> None:
         if self.abandoned:
-            raise Interrupt("abandoned")
+            raise Interrupt(Interrupt.ABANDONED)
         if self.cancel_requested:
-            raise Interrupt("cancelled")
+            raise Interrupt(Interrupt.CANCELLED)
 
     def _recorded(self, seq: int, name: str) -> StepRecord | None:
         record = self._history.steps.get(seq)
@@ -226,7 +236,7 @@ class Context:
                     done,
                     retry_at,
                 )
-                await self._store.record_attempt(self._owner, attempt)
+                await self._durably(self._store.record_attempt(self._owner, attempt))
                 self.log.warning(
                     "step_failed",
                     step=step_name,
@@ -267,8 +277,24 @@ class Context:
             started_at=started,
             finished_at=time.time(),
         )
-        if await self._store.record_step(self._owner, record):
+        if await self._durably(self._store.record_step(self._owner, record)):
             self.cancel_requested = True
+
+    async def _durably(self, write: Awaitable[T]) -> T:
+        """Await a store write; if the store cannot take it, stop the handler.
+
+        A failed checkpoint must not look like a failed step: a handler catching it would
+        go on with a gap in its history. The run is left instead, to be recovered from its
+        last checkpoint once its lease lapses (by this node or another)."""
+        try:
+            return await write
+        except LeaseLost:
+            self.abandoned = True
+            raise Interrupt(Interrupt.LEASE_LOST) from None
+        except Exception as exc:
+            self.abandoned = True
+            self.log.error("checkpoint_failed", error=f"{type(exc).__name__}: {exc}")
+            raise Interrupt(Interrupt.STORE_FAILED) from exc
 
     async def _call(
         self,
@@ -342,24 +368,27 @@ class Context:
     ) -> None:
         # The record and the park share one transaction: a crash leaves either neither (the
         # call runs again on replay) or both (replay finds the timer and waits it out).
-        await self._store.park_run(
-            self._owner,
-            self.run_id,
-            status=status,
-            wake_at=wake_at,
-            reason=reason,
-            now=time.time(),
-            record=record,
+        await self._durably(
+            self._store.park_run(
+                self._owner,
+                self.run_id,
+                status=status,
+                wake_at=wake_at,
+                reason=reason,
+                now=time.time(),
+                record=record,
+            )
         )
-        raise Interrupt("parked")
+        raise Interrupt(Interrupt.PARKED)
 
     async def heartbeat(self, status: str = "ok", **fields: JSON) -> None:
         """Tell the store this run is alive and what it is doing (not part of replay)."""
         self._check_alive()
         encode(fields, "heartbeat fields")
-        if await self._store.heartbeat(self._owner, self.run_id, status, fields, time.time()):
+        beat = self._store.heartbeat(self._owner, self.run_id, status, fields, time.time())
+        if await self._durably(beat):
             self.cancel_requested = True
-            raise Interrupt("cancelled")
+            raise Interrupt(Interrupt.CANCELLED)
 
 
 class ReplayAwareLogger:
@@ -431,7 +460,7 @@ class SyncContext:
     def _wait(self, coro: Coroutine[Any, Any, T]) -> T:
         if self._ctx.abandoned:
             coro.close()
-            raise Interrupt("abandoned")
+            raise Interrupt(Interrupt.ABANDONED)
         return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
 
     def step(

@@ -67,7 +67,7 @@ def owner_is_dead(owner: str) -> bool:
 class _Active:
     task: asyncio.Task[None]
     ctx: Context
-    stop_reason: str | None = None  # "cancelled" | "shutdown"
+    stop_reason: str | None = None  # Interrupt.CANCELLED or Interrupt.SHUTDOWN
     settling: bool = False  # the handler has ended; only bookkeeping is left
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -125,7 +125,7 @@ class Executor:
                 async with asyncio.timeout(grace_period):
                     await asyncio.gather(*waiting)
         for run_id in list(self._active):
-            self._stop_run(run_id, "shutdown")
+            self._stop_run(run_id, Interrupt.SHUTDOWN)
         remaining = [a.done.wait() for a in self._active.values()]
         if remaining:
             await asyncio.gather(*remaining)
@@ -183,7 +183,7 @@ class Executor:
                     self.owner, now=time.time(), lease_ttl=self.lease_ttl
                 )
                 for run_id in cancel:
-                    self._stop_run(run_id, "cancelled")
+                    self._stop_run(run_id, Interrupt.CANCELLED)
                 await self._recover_orphans()
             except Exception as exc:
                 log.error("lease_renewal_failed", error=str(exc))
@@ -249,7 +249,7 @@ class Executor:
                 raise
             failure = exc
         active.settling = True
-        if isinstance(failure, Interrupt) and failure.why != "parked":
+        if isinstance(failure, Interrupt) and failure.why != Interrupt.PARKED:
             ctx.abandoned = True  # a sync handler still running stops at its next ctx call
         if ctx.fatal is not None:  # a replay error the handler caught: still fatal
             failure = ctx.fatal
@@ -285,16 +285,18 @@ class Executor:
     ) -> None:
         run_id, name = ctx.run_id, ctx.agent
         if isinstance(failure, Interrupt):
-            if failure.why == "parked":
+            if failure.why == Interrupt.PARKED:
                 return  # the park is already committed
-            if failure.why == "cancelled" or ctx.cancel_requested:
+            if failure.why == Interrupt.CANCELLED or ctx.cancel_requested:
                 await self.store.finish_run(self.owner, run_id, status=RunStatus.CANCELLED, now=now)
                 log.info("run_cancelled", agent=name, run_id=run_id)
                 return
-            if failure.why == "timeout":
-                failure = RunTimeout(f"run exceeded its timeout of {agent.timeout:g}s")
-            else:  # shutdown or lost lease: leave the run for its next owner
+            if failure.why != Interrupt.TIMEOUT:
+                # shutdown, lost lease, store down: the run rests on its checkpoints until
+                # its next owner (or this node, once the lease lapses) resumes it
+                log.warning("run_left", agent=name, run_id=run_id, reason=failure.why)
                 return
+            failure = RunTimeout(f"run exceeded its timeout of {agent.timeout:g}s")
         if isinstance(failure, NonDeterminismError | CorruptCheckpoint):
             kind = (
                 "non_determinism"
@@ -346,7 +348,7 @@ async def _with_timeout(task: asyncio.Task[Any], limit: float | None) -> Any:
             return await task
     except TimeoutError:
         if deadline.expired():
-            raise Interrupt("timeout") from None
+            raise Interrupt(Interrupt.TIMEOUT) from None
         raise  # the handler itself raised TimeoutError
 
 
