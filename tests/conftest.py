@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import nonstop
+from tests import postgres
 
 AppFactory = Callable[..., nonstop.App]
 
@@ -30,3 +31,17 @@ def make_app(db_url: str) -> Iterator[AppFactory]:
     yield build
     for app in apps:
         app.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template() -> Iterator[str]:
+    """A migrated PostgreSQL database to clone (skips or, under CI, fails without a server)."""
+    with postgres.template_database() as name:
+        yield name
+
+
+@pytest.fixture
+def pg_url(pg_template: str) -> Iterator[str]:
+    """A fresh PostgreSQL database of this test's own."""
+    with postgres.copy_of(pg_template) as url:
+        yield url

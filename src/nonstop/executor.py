@@ -108,6 +108,12 @@ class Executor:
         self._wakeup.set()
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def wake() -> None:  # the store may call from another thread
+            loop.call_soon_threadsafe(self._wakeup.set)
+
+        self.store.on_work(wake)
         await self._recover_orphans()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="nonstop-claim"),

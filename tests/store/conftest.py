@@ -12,13 +12,15 @@ from nonstop.store import Store, open_store
 
 StoreFactory = Callable[[], Store]
 
-BACKENDS = ["sqlite"]
+BACKENDS = ["sqlite", "postgres"]
 
 
 @pytest.fixture(params=BACKENDS)
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    backend: str = request.param
-    assert backend == "sqlite"
+    """A fresh database of each backend; PostgreSQL ones are cloned from a template."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
     return f"sqlite:///{tmp_path / 'contract.db'}"
 
 

@@ -25,4 +25,10 @@ def open_store(url: str, *, create: bool = True) -> Store:
         from nonstop.store.sqlite import SQLiteStore
 
         return SQLiteStore(url, create=create)
-    raise ConfigError(f"unsupported database URL {url!r} (expected sqlite:///path)")
+    if scheme in ("postgresql", "postgres"):
+        from nonstop.store.postgres import PostgresStore
+
+        return PostgresStore(url, create=create)
+    raise ConfigError(
+        f"unsupported database URL {url!r} (expected sqlite:///path or postgresql://...)"
+    )

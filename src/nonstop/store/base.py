@@ -12,7 +12,7 @@ are computed over exactly the bytes that were stored.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +55,15 @@ class Store(Protocol):
 
     async def close(self) -> None:
         """Flush pending writes and release connections. Idempotent."""
+
+    async def ping(self) -> None:
+        """Raise StoreError unless the database answers (readiness probes)."""
+
+    def on_work(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (from any thread) whenever runs may have become due: created,
+        replayed, resumed, released or expired, in this process or, where the backend can
+        tell (PostgreSQL's NOTIFY), in any other. Pollers still poll: this only shortens
+        the wait."""
 
     # -- runs -------------------------------------------------------------------------
 

@@ -15,8 +15,7 @@ import asyncio
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
-from importlib import resources
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -31,6 +30,7 @@ from nonstop.models import (
     RunStatus,
     StepRecord,
 )
+from nonstop.store import migrations
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
     RUN_FIELDS,
@@ -185,6 +185,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
         self._opened = False
 
     @property
@@ -244,6 +245,16 @@ class SQLiteStore:
         now = time.time()
         await self._write.submit(lambda conn: _migrate(conn, now))
 
+    def on_work(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def _announce(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    async def ping(self) -> None:
+        await self._read(lambda c: c.execute("SELECT 1").fetchone())
+
     async def close(self) -> None:
         if not self._opened:
             return
@@ -277,11 +288,13 @@ class SQLiteStore:
                     now,
                 ),
             )
-            return run_from_row(
-                conn.execute(SELECT_RUN, (new.id,)).fetchone()
-            ), cursor.rowcount == 1
+            run = run_from_row(conn.execute(SELECT_RUN, (new.id,)).fetchone())
+            return run, cursor.rowcount == 1
 
-        return await self._write.submit(op)
+        run, created = await self._write.submit(op)
+        if created:
+            self._announce()
+        return run, created
 
     async def get_run(self, run_id: str) -> Run | None:
         row = await self._read(lambda c: c.execute(SELECT_RUN, (run_id,)).fetchone())
@@ -372,7 +385,10 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(EXPIRE_LEASES, (now, now, dumps(list(owners)))).rowcount
 
-        return await self._write.submit(op)
+        expired: int = await self._write.submit(op)
+        if expired:
+            self._announce()
+        return expired
 
     async def lease_owners(self) -> set[str]:
         rows = await self._read(lambda c: c.execute(SELECT_LEASE_OWNERS).fetchall())
@@ -382,7 +398,10 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> int:
             return conn.execute(RELEASE_LEASES, (now, now, owner)).rowcount
 
-        return await self._write.submit(op)
+        released: int = await self._write.submit(op)
+        if released:
+            self._announce()
+        return released
 
     async def next_due(self, agents: Sequence[str]) -> float | None:
         row = await self._read(
@@ -502,7 +521,10 @@ class SQLiteStore:
             conn.execute(DROP_FAILED_STEPS_OF_REPLAYED, (dumps([r.id for r in runs]),))
             return runs
 
-        return await self._write.submit(op)
+        replayed: list[Run] = await self._write.submit(op)
+        if replayed:
+            self._announce()
+        return replayed
 
     async def resume_run(self, run_id: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
@@ -512,7 +534,10 @@ class SQLiteStore:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return run_from_row(row)
 
-        return await self._write.submit(op)
+        resumed: Run = await self._write.submit(op)
+        if resumed.status == RunStatus.PENDING:
+            self._announce()
+        return resumed
 
     async def add_incident(self, incident: Incident) -> None:
         def op(conn: sqlite3.Connection) -> None:
@@ -539,16 +564,6 @@ def _check_lease(conn: sqlite3.Connection, run_id: str, owner: str, now: float) 
     return bool(row[0])
 
 
-def _migrations() -> list[tuple[int, str, str]]:
-    folder = resources.files("nonstop.store.migrations").joinpath("sqlite")
-    found = []
-    for entry in folder.iterdir():
-        if entry.name.endswith(".sql"):
-            number, _, name = entry.name.removesuffix(".sql").partition("_")
-            found.append((int(number), name, entry.read_text()))
-    return sorted(found)
-
-
 def _migrate(conn: sqlite3.Connection, now: float) -> list[int]:
     """Apply the migrations not yet applied, inside the writer's transaction."""
     conn.execute(
@@ -557,7 +572,7 @@ def _migrate(conn: sqlite3.Connection, now: float) -> list[int]:
     )
     done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     applied = []
-    for version, name, sql in _migrations():
+    for version, name, sql in migrations.load("sqlite"):
         if version in done:
             continue
         for statement in _statements(sql):

@@ -1,0 +1,545 @@
+"""PostgreSQL store: many nodes on one database, claims with SKIP LOCKED, LISTEN/NOTIFY.
+
+URL: `postgresql://user:password@host:port/dbname` (any libpq URL). Needs the `postgres`
+extra (`pip install 'nonstop[postgres]'`: psycopg 3 and psycopg-pool).
+
+Every verb is one transaction on a pooled connection; the hot ones (record a step, a
+heartbeat) are one statement, so a checkpoint costs one round trip and one commit. New,
+replayed, resumed and released runs are announced with `NOTIFY nonstop_work` inside the
+transaction that makes them due, so idle nodes claim them at once instead of at their next
+poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from nonstop.errors import RunNotFound, StoreError
+from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
+from nonstop.observe.logging import get_logger
+from nonstop.store import migrations
+from nonstop.store._rows import (
+    ATTEMPT_FIELDS,
+    RUN_FIELDS,
+    STEP_FIELDS,
+    attempt_from_row,
+    attempt_values,
+    dumps,
+    run_from_row,
+    step_from_row,
+    step_values,
+)
+from nonstop.store.base import Claimed, LeaseLost, NewRun
+
+try:
+    import psycopg
+    from psycopg import errors as pg_errors
+    from psycopg_pool import AsyncConnectionPool, PoolTimeout
+except ImportError as exc:  # pragma: no cover - depends on the installed extras
+    raise StoreError(
+        "PostgreSQL support needs the postgres extra: pip install 'nonstop[postgres]'"
+    ) from exc
+
+log = get_logger("nonstop.store")
+
+CHANNEL = "nonstop_work"
+_MIGRATION_LOCK = 7_001_001  # pg_advisory_xact_lock key serialising migrators
+
+RUN_COLUMNS = ", ".join(RUN_FIELDS)
+RUNS_RUN_COLUMNS = ", ".join(f"runs.{name}" for name in RUN_FIELDS)
+_STEP_PARAMS = ", ".join(["%s"] * len(STEP_FIELDS))
+_ATTEMPT_PARAMS = ", ".join(["%s"] * len(ATTEMPT_FIELDS))
+
+INSERT_RUN = (
+    "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
+    " due_at, wake_at, created_at, updated_at)"
+    " VALUES (%s, %s, 'pending', %s, 1, %s, %s, %s, %s, %s, %s, %s)"
+    f" ON CONFLICT (id) DO NOTHING RETURNING {RUN_COLUMNS}"
+)
+SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
+NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
+CLAIM_RUNS = (
+    "WITH due AS ("
+    " SELECT id, status FROM runs WHERE due_at <= %(now)s AND agent = ANY(%(agents)s)"
+    " ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " UPDATE runs SET status = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,"
+    " due_at = %(expires)s, wake_at = NULL, wait_reason = NULL, updated_at = %(now)s,"
+    " heartbeat_at = %(now)s, started_at = coalesce(runs.started_at, %(now)s)"
+    f" FROM due WHERE runs.id = due.id RETURNING {RUNS_RUN_COLUMNS}, due.status"
+)
+SELECT_STEPS_OF = f"SELECT {', '.join(STEP_FIELDS)} FROM steps WHERE run_id = ANY(%s)"
+SELECT_ATTEMPTS_OF = (
+    f"SELECT {', '.join('a.' + f for f in ATTEMPT_FIELDS)} FROM step_attempts a"
+    " JOIN runs r ON r.id = a.run_id AND r.attempt = a.run_attempt"
+    " WHERE a.run_id = ANY(%s) ORDER BY a.seq, a.attempt"
+)
+SELECT_ALL_ATTEMPTS = (
+    f"SELECT {', '.join(ATTEMPT_FIELDS)} FROM step_attempts WHERE run_id = %s"
+    " ORDER BY run_attempt, seq, attempt"
+)
+RENEW_LEASES = (
+    "UPDATE runs SET lease_expires = %s, due_at = %s WHERE lease_owner = %s"
+    " AND status = 'running' RETURNING id, cancel_requested"
+)
+EXPIRE_LEASES = (
+    "UPDATE runs SET lease_expires = %s, due_at = %s WHERE status = 'running'"
+    " AND lease_owner = ANY(%s)"
+)
+SELECT_LEASE_OWNERS = "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
+RELEASE_LEASES = (
+    "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL,"
+    " due_at = %s, wait_reason = 'released by a node shutting down', updated_at = %s"
+    " WHERE lease_owner = %s AND status = 'running'"
+)
+SELECT_NEXT_DUE = "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL AND agent = ANY(%s)"
+# One statement: the lease check, the heartbeat and the insert commit together or not at all.
+RECORD_STEP = (
+    "WITH lease AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND lease_owner = %s"
+    " AND status = 'running' RETURNING cancel_requested),"
+    f" recorded AS (INSERT INTO steps ({', '.join(STEP_FIELDS)})"
+    f" SELECT {_STEP_PARAMS} FROM lease RETURNING 1)"
+    " SELECT cancel_requested, (SELECT count(*) FROM recorded) FROM lease"
+)
+RECORD_ATTEMPT = (
+    "WITH lease AS (SELECT 1 FROM runs WHERE id = %s AND lease_owner = %s"
+    " AND status = 'running' FOR UPDATE),"
+    f" recorded AS (INSERT INTO step_attempts ({', '.join(ATTEMPT_FIELDS)})"
+    f" SELECT {_ATTEMPT_PARAMS} FROM lease RETURNING 1)"
+    " SELECT count(*) FROM recorded"
+)
+INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({_STEP_PARAMS})"
+HEARTBEAT = (
+    "UPDATE runs SET heartbeat_at = %s, heartbeat = %s WHERE id = %s AND lease_owner = %s"
+    " AND status = 'running' RETURNING cancel_requested"
+)
+PARK_RUN = (
+    "UPDATE runs SET status = %s, lease_owner = NULL, lease_expires = NULL, due_at = %s,"
+    " wake_at = %s, wait_reason = %s, updated_at = %s WHERE id = %s AND lease_owner = %s"
+    " AND status = 'running'"
+)
+RETRY_RUN = (
+    "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = %s,"
+    " lease_owner = NULL, lease_expires = NULL, due_at = %s, wake_at = %s, wait_reason = %s,"
+    " updated_at = %s WHERE id = %s AND lease_owner = %s AND status = 'running'"
+)
+DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ANY(%s) AND status = 'failed'"
+FINISH_RUN = (
+    "UPDATE runs SET status = %s, output = %s, error = %s, lease_owner = NULL,"
+    " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
+    " cancel_requested = false, updated_at = %s, finished_at = %s"
+    " WHERE id = %s AND lease_owner = %s AND status = 'running'"
+)
+CANCEL_IDLE_RUN = (
+    "UPDATE runs SET status = 'cancelled', due_at = NULL, wake_at = NULL,"
+    " wait_reason = NULL, updated_at = %s, finished_at = %s WHERE id = %s AND status IN"
+    " ('pending', 'sleeping', 'waiting', 'paused')"
+)
+FLAG_CANCEL = (
+    "UPDATE runs SET cancel_requested = true, updated_at = %s WHERE id = %s AND status = 'running'"
+)
+REPLAY_DEAD = (
+    "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = %s, error = NULL,"
+    " wait_reason = 'replayed from the dead-letter queue', updated_at = %s,"
+    " finished_at = NULL WHERE status = 'dead' AND (%s::text IS NULL OR id = %s)"
+    f" RETURNING {RUN_COLUMNS}"
+)
+RESUME_RUN = (
+    "UPDATE runs SET status = 'pending', due_at = %s, wait_reason = 'resumed',"
+    " updated_at = %s WHERE id = %s AND status = 'paused'"
+)
+INSERT_INCIDENT = (
+    "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (%s, %s, %s, %s, %s)"
+)
+SELECT_INCIDENTS = (
+    "SELECT run_id, agent, kind, detail, at FROM incidents"
+    " WHERE (%s::text IS NULL OR run_id = %s) ORDER BY id DESC LIMIT %s"
+)
+
+Connection = psycopg.AsyncConnection[Any]
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+class PostgresStore:
+    """Store on a PostgreSQL database shared by any number of nodes."""
+
+    def __init__(self, url: str, *, create: bool = True, pool_size: int = 10) -> None:
+        self.url = url
+        self._create = create  # a server database always exists; kept for symmetry
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+        )
+        self._listeners: list[Callable[[], None]] = []
+        self._listen_task: asyncio.Task[None] | None = None
+        self._opened = False
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[Connection]:
+        """A pooled connection inside a transaction; database errors become StoreError."""
+        try:
+            async with self._pool.connection() as conn, conn.transaction():
+                yield conn
+        except (LeaseLost, RunNotFound, StoreError):
+            raise
+        except pg_errors.UniqueViolation as exc:
+            raise StoreError(f"already recorded: {_one_line(exc)}") from None
+        except PoolTimeout as exc:
+            raise StoreError(f"database unreachable: {self._safe_url()}: {exc}") from None
+        except psycopg.Error as exc:
+            raise StoreError(f"database error: {_one_line(exc)}") from None
+
+    def _safe_url(self) -> str:
+        head, sep, tail = self.url.rpartition("@")
+        if not sep:
+            return self.url
+        scheme, _, _ = head.partition("://")
+        return f"{scheme}://***@{tail}"
+
+    async def open(self) -> None:
+        if self._opened:
+            return
+        try:
+            await self._pool.open(wait=True, timeout=10)
+        except (PoolTimeout, psycopg.Error) as exc:
+            await self._pool.close()
+            raise StoreError(f"cannot connect to {self._safe_url()}: {_one_line(exc)}") from None
+        self._opened = True
+        async with self._tx() as conn:
+            await _migrate(conn)
+        self._listen_task = asyncio.create_task(self._listen(), name="nonstop-listen")
+
+    async def close(self) -> None:
+        if not self._opened:
+            return
+        self._opened = False
+        if self._listen_task is not None:
+            self._listen_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listen_task
+        await self._pool.close()
+
+    def on_work(self, callback: Callable[[], None]) -> None:
+        self._listeners.append(callback)
+
+    def _announce(self) -> None:
+        for callback in self._listeners:
+            callback()
+
+    async def _listen(self) -> None:
+        """Hold a LISTEN connection, reconnecting with backoff, and wake the listeners."""
+        pause = 0.1
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(self.url, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHANNEL}")
+                    pause = 0.1
+                    self._announce()  # anything announced while we were away
+                    async for _ in conn.notifies():
+                        self._announce()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("listen_failed", error=_one_line(exc), retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 5.0)
+
+    async def ping(self) -> None:
+        async with self._tx() as conn:
+            await conn.execute("SELECT 1")
+
+    # -- runs -------------------------------------------------------------------------
+
+    async def create_run(self, new: NewRun, now: float) -> tuple[Run, bool]:
+        due = now if new.not_before is None else max(now, new.not_before)
+        params = (
+            new.id,
+            new.agent,
+            dumps(new.input),
+            new.priority,
+            new.app_version,
+            new.parent_id,
+            due,
+            new.not_before,
+            now,
+            now,
+        )
+        async with self._tx() as conn:
+            row = await (await conn.execute(INSERT_RUN, params)).fetchone()
+            if row is not None:
+                await conn.execute(NOTIFY)
+                return run_from_row(row), True
+            row = await (await conn.execute(SELECT_RUN, (new.id,))).fetchone()
+        assert row is not None  # the conflicting insert committed before ours returned
+        return run_from_row(row), False
+
+    async def get_run(self, run_id: str) -> Run | None:
+        async with self._tx() as conn:
+            row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
+        return None if row is None else run_from_row(row)
+
+    async def list_runs(
+        self,
+        *,
+        agent: str | None = None,
+        status: RunStatus | None = None,
+        limit: int = 50,
+    ) -> list[Run]:
+        query = f"SELECT {RUN_COLUMNS} FROM runs WHERE true"
+        params: list[Any] = []
+        if agent is not None:
+            query += " AND agent = %s"
+            params.append(agent)
+        if status is not None:
+            query += " AND status = %s"
+            params.append(str(status))
+        query += " ORDER BY created_at DESC, id DESC"
+        if limit > 0:
+            query += " LIMIT %s"
+            params.append(limit)
+        async with self._tx() as conn:
+            rows = await (await conn.execute(query, params)).fetchall()
+        return [run_from_row(row) for row in rows]
+
+    async def load_history(self, run_id: str) -> History:
+        async with self._tx() as conn:
+            return (await _histories(conn, [run_id])).get(run_id, History())
+
+    async def list_attempts(self, run_id: str) -> list[Attempt]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_ALL_ATTEMPTS, (run_id,))).fetchall()
+        return [attempt_from_row(row) for row in rows]
+
+    async def list_incidents(self, run_id: str | None = None, limit: int = 100) -> list[Incident]:
+        async with self._tx() as conn:
+            cursor = await conn.execute(SELECT_INCIDENTS, (run_id, run_id, limit))
+            rows = await cursor.fetchall()
+        return [Incident(*row) for row in rows]
+
+    # -- leases -----------------------------------------------------------------------
+
+    async def claim_runs(
+        self,
+        owner: str,
+        *,
+        agents: Sequence[str],
+        limit: int,
+        now: float,
+        lease_ttl: float,
+    ) -> list[Claimed]:
+        params = {
+            "now": now,
+            "agents": list(agents),
+            "limit": limit,
+            "owner": owner,
+            "expires": now + lease_ttl,
+        }
+        async with self._tx() as conn:
+            rows = await (await conn.execute(CLAIM_RUNS, params)).fetchall()
+            if not rows:
+                return []
+            runs = [(run_from_row(row[:-1]), row[-1] == RunStatus.RUNNING) for row in rows]
+            for run, recovered in runs:
+                if recovered:
+                    await conn.execute(
+                        INSERT_INCIDENT,
+                        (run.id, run.agent, "recovered", "lease expired; resumed", now),
+                    )
+            histories = await _histories(conn, [run.id for run, _ in runs])
+        return [Claimed(run, histories.get(run.id, History()), rec) for run, rec in runs]
+
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
+        expires = now + lease_ttl
+        async with self._tx() as conn:
+            rows = await (await conn.execute(RENEW_LEASES, (expires, expires, owner))).fetchall()
+        return {run_id for run_id, cancel in rows if cancel}
+
+    async def expire_leases(self, owners: Sequence[str], now: float) -> int:
+        async with self._tx() as conn:
+            cursor = await conn.execute(EXPIRE_LEASES, (now, now, list(owners)))
+            if cursor.rowcount:
+                await conn.execute(NOTIFY)
+            return cursor.rowcount
+
+    async def lease_owners(self) -> set[str]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_LEASE_OWNERS)).fetchall()
+        return {row[0] for row in rows}
+
+    async def release_leases(self, owner: str, now: float) -> int:
+        async with self._tx() as conn:
+            cursor = await conn.execute(RELEASE_LEASES, (now, now, owner))
+            if cursor.rowcount:
+                await conn.execute(NOTIFY)
+            return cursor.rowcount
+
+    async def next_due(self, agents: Sequence[str]) -> float | None:
+        async with self._tx() as conn:
+            row = await (await conn.execute(SELECT_NEXT_DUE, (list(agents),))).fetchone()
+        return None if row is None else row[0]
+
+    # -- progress of a leased run ---------------------------------------------------------
+
+    async def record_step(self, owner: str, record: StepRecord) -> bool:
+        params = (record.finished_at, record.run_id, owner, *step_values(record))
+        async with self._tx() as conn:
+            row = await (await conn.execute(RECORD_STEP, params)).fetchone()
+        if row is None:
+            raise LeaseLost(f"run {record.run_id} is not held by {owner}")
+        return bool(row[0])
+
+    async def record_attempt(self, owner: str, attempt: Attempt) -> None:
+        params = (attempt.run_id, owner, *attempt_values(attempt))
+        async with self._tx() as conn:
+            row = await (await conn.execute(RECORD_ATTEMPT, params)).fetchone()
+        if row is None or row[0] != 1:
+            raise LeaseLost(f"run {attempt.run_id} is not held by {owner}")
+
+    async def heartbeat(
+        self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
+    ) -> bool:
+        beat = dumps({"status": status, **fields})
+        async with self._tx() as conn:
+            row = await (await conn.execute(HEARTBEAT, (now, beat, run_id, owner))).fetchone()
+        if row is None:
+            raise LeaseLost(f"run {run_id} is not held by {owner}")
+        return bool(row[0])
+
+    async def park_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        wake_at: float | None,
+        reason: str,
+        now: float,
+        record: StepRecord | None = None,
+    ) -> None:
+        params = (str(status), wake_at, wake_at, reason, now, run_id, owner)
+        async with self._tx() as conn:
+            cursor = await conn.execute(PARK_RUN, params)
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            if record is not None:
+                await conn.execute(INSERT_STEP, step_values(record))
+
+    async def retry_run(
+        self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
+    ) -> None:
+        reason = f"retrying the run after: {error.get('message', '')}"[:500]
+        params = (dumps(error), wake_at, wake_at, reason, now, run_id, owner)
+        async with self._tx() as conn:
+            cursor = await conn.execute(RETRY_RUN, params)
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            await conn.execute(DROP_FAILED_STEPS, ([run_id],))
+
+    async def finish_run(
+        self,
+        owner: str,
+        run_id: str,
+        *,
+        status: RunStatus,
+        now: float,
+        output: JSON = None,
+        error: dict[str, JSON] | None = None,
+    ) -> None:
+        out = None if status != RunStatus.COMPLETED else dumps(output)
+        err = None if error is None else dumps(error)
+        async with self._tx() as conn:
+            cursor = await conn.execute(
+                FINISH_RUN, (str(status), out, err, now, now, run_id, owner)
+            )
+            if cursor.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+
+    # -- operator verbs -------------------------------------------------------------------
+
+    async def request_cancel(self, run_id: str, now: float) -> Run:
+        async with self._tx() as conn:
+            cursor = await conn.execute(CANCEL_IDLE_RUN, (now, now, run_id))
+            if cursor.rowcount == 0:
+                await conn.execute(FLAG_CANCEL, (now, run_id))
+            row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run_from_row(row)
+
+    async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
+        async with self._tx() as conn:
+            if run_id is not None:
+                found = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
+                if found is None:
+                    raise RunNotFound(f"no run with id {run_id!r}")
+            cursor = await conn.execute(REPLAY_DEAD, (now, now, run_id, run_id))
+            runs = [run_from_row(row) for row in await cursor.fetchall()]
+            if runs:
+                await conn.execute(DROP_FAILED_STEPS, ([r.id for r in runs],))
+                await conn.execute(NOTIFY)
+        return runs
+
+    async def resume_run(self, run_id: str, now: float) -> Run:
+        async with self._tx() as conn:
+            cursor = await conn.execute(RESUME_RUN, (now, now, run_id))
+            if cursor.rowcount:
+                await conn.execute(NOTIFY)
+            row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        return run_from_row(row)
+
+    async def add_incident(self, incident: Incident) -> None:
+        async with self._tx() as conn:
+            await conn.execute(
+                INSERT_INCIDENT,
+                (incident.run_id, incident.agent, incident.kind, incident.detail, incident.at),
+            )
+
+
+async def _histories(conn: Connection, run_ids: list[str]) -> dict[str, History]:
+    """Step records and current-attempt failures of several runs, in two queries."""
+    steps: dict[str, dict[int, StepRecord]] = {run_id: {} for run_id in run_ids}
+    for row in await (await conn.execute(SELECT_STEPS_OF, (run_ids,))).fetchall():
+        record = step_from_row(row)
+        steps[record.run_id][record.seq] = record
+    attempts: dict[str, dict[int, list[Attempt]]] = {run_id: {} for run_id in run_ids}
+    for row in await (await conn.execute(SELECT_ATTEMPTS_OF, (run_ids,))).fetchall():
+        attempt = attempt_from_row(row)
+        attempts[attempt.run_id].setdefault(attempt.seq, []).append(attempt)
+    return {run_id: History(steps[run_id], attempts[run_id]) for run_id in run_ids}
+
+
+async def _migrate(conn: Connection) -> list[int]:
+    """Apply pending migrations; concurrent migrators queue on an advisory lock."""
+    await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_MIGRATION_LOCK,))
+    await conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY,"
+        " name text NOT NULL, applied_at double precision NOT NULL)"
+    )
+    rows = await (await conn.execute("SELECT version FROM schema_migrations")).fetchall()
+    done = {row[0] for row in rows}
+    applied = []
+    for version, name, sql in migrations.load("postgres"):
+        if version in done:
+            continue
+        await conn.execute(sql.encode())
+        await conn.execute(
+            "INSERT INTO schema_migrations VALUES (%s, %s, extract(epoch from now()))",
+            (version, name),
+        )
+        applied.append(version)
+    return applied
