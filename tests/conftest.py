@@ -15,16 +15,26 @@ AppFactory = Callable[..., nonstop.App]
 
 @pytest.fixture
 def db_url(tmp_path: Path) -> str:
+    """A fresh SQLite file; tests that take `any_db_url` run on every backend instead."""
+    return f"sqlite:///{tmp_path / 'nonstop.db'}"
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database of each backend in turn."""
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+        return url
     return f"sqlite:///{tmp_path / 'nonstop.db'}"
 
 
 @pytest.fixture
-def make_app(db_url: str) -> Iterator[AppFactory]:
-    """Build Apps on the test's database; every one is closed when the test ends."""
+def make_app(any_db_url: str) -> Iterator[AppFactory]:
+    """Build Apps on the test's database (each backend in turn); all closed at the end."""
     apps: list[nonstop.App] = []
 
     def build(name: str = "test", url: str | None = None) -> nonstop.App:
-        app = nonstop.App(name, url or db_url)
+        app = nonstop.App(name, url or any_db_url)
         apps.append(app)
         return app
 

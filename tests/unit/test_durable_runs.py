@@ -23,14 +23,18 @@ def fast(app: nonstop.App, concurrency: int = 100) -> AbstractContextManager[non
     return app.worker(concurrency=concurrency, poll_interval=0.02, lease_ttl=3.0)
 
 
-def db_path(app: nonstop.App) -> Path:
-    assert app.database_url is not None
-    return Path(app.database_url.removeprefix("sqlite:///"))
-
-
 def query(app: nonstop.App, sql: str, *params: object) -> list[tuple[object, ...]]:
-    with sqlite3.connect(db_path(app)) as conn:
-        return conn.execute(sql, params).fetchall()
+    """Run SQL (with `?` placeholders) on the app's database, whichever backend it is."""
+    url = app.database_url
+    assert url is not None
+    if url.startswith("sqlite:"):
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as conn:
+            return conn.execute(sql, params).fetchall()
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as pg:
+        cursor = pg.execute(sql.replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description else []
 
 
 def wait_status(handle: nonstop.RunHandle, wanted: RunStatus, timeout: float = 10) -> None:
@@ -282,8 +286,7 @@ def test_a_corrupt_checkpoint_pauses_instead_of_replaying(make_app: AppFactory) 
     with fast(app):
         handle = app.start(careful)
         wait_status(handle, RunStatus.SLEEPING)
-        with sqlite3.connect(db_path(app)) as conn:
-            conn.execute("UPDATE steps SET payload = '8' WHERE seq = 1")
+        query(app, "UPDATE steps SET payload = '8' WHERE seq = 1")
         wait_status(handle, RunStatus.PAUSED)
     assert "CorruptCheckpoint" in (handle.get().wait_reason or "")
 
