@@ -15,6 +15,10 @@ class StoreError(NonstopError):
     """The store cannot be opened or used (missing file, bad URL, unreachable server)."""
 
 
+class StoreUnavailable(StoreError):
+    """The database does not answer now (server down, network cut); worth retrying."""
+
+
 class UnknownAgent(NonstopError):
     """A run was asked of an agent the app does not define."""
 

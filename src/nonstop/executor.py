@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 log = get_logger("nonstop.executor")
 
 _STEP_THREADS = 64
+_MAX_BACKOFF = 10.0  # seconds between claims while the store keeps failing
 
 
 def node_id() -> str:
@@ -147,6 +148,7 @@ class Executor:
 
     async def _claim_loop(self) -> None:
         agents = list(self.app.agents)
+        failures = 0
         while not self._stopping:
             self.last_tick = time.monotonic()
             self._wakeup.clear()
@@ -162,7 +164,13 @@ class Executor:
                         lease_ttl=self.lease_ttl,
                     )
                 except Exception as exc:
-                    log.error("claim_failed", error=str(exc))
+                    # the store is down or failing: back off, say so once per attempt
+                    failures += 1
+                    backoff = min(self.poll_interval * 2**failures, _MAX_BACKOFF)
+                    log.error("claim_failed", error=str(exc), retry_in=round(backoff, 2))
+                    await self._wait(backoff)
+                    continue
+                failures = 0
                 for item in claimed:
                     self._launch(item)
             if claimed and len(claimed) == free:

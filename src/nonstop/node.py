@@ -20,7 +20,7 @@ import uvicorn
 
 from nonstop.api import NodeState, create_api
 from nonstop.app import App, Runtime
-from nonstop.errors import ConfigError, NonstopError
+from nonstop.errors import ConfigError, NonstopError, StoreUnavailable
 from nonstop.observe.logging import configure, get_logger
 from nonstop.store import open_store
 
@@ -91,49 +91,70 @@ class Node:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, on_signal, signum)
 
-        store = open_store(self.url, create=True)
-        await store.open()
-        runtime = Runtime(self.app, store)
+        runtime = Runtime(self.app, open_store(self.url, create=True))
+        config = uvicorn.Config(
+            create_api(runtime, self.state, self.token),
+            host=self.settings.host,
+            port=self.settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+        )
+        server = _Server(config)
+        serving = asyncio.create_task(server.serve(), name="nonstop-http")
+        stopping = asyncio.create_task(stop.wait(), name="nonstop-stop")
+        starting = asyncio.create_task(self._start(runtime), name="nonstop-start")
         try:
-            await runtime.start_worker(
-                concurrency=self.settings.concurrency,
-                lease_ttl=self.settings.lease_ttl,
-                poll_interval=self.settings.poll_interval,
-            )
-            self.state.started = True
-            config = uvicorn.Config(
-                create_api(runtime, self.state, self.token),
-                host=self.settings.host,
-                port=self.settings.port,
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-            )
-            server = _Server(config)
-            serving = asyncio.create_task(server.serve())
-            log.info(
-                "node_started",
-                app=self.app.name,
-                agents=sorted(self.app.agents),
-                database=self.url,
-                url=f"http://{self.settings.host}:{self.settings.port}",
-                node=runtime.executor.owner if runtime.executor else None,
-            )
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            waiting = {serving, stopping, starting}
+            while True:
+                done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+                failure = starting.exception() if starting in done else None
+                if failure is not None:
+                    raise failure
+                if serving in done or stopping in done:
+                    break
             self.state.draining = True
-            if serving.done():
-                stopping.cancel()
-                failure = serving.exception() if not serving.cancelled() else None
-                if failure is not None or not stop.is_set():
-                    raise NonstopError(
-                        f"HTTP server on {self.settings.host}:{self.settings.port} stopped:"
-                        f" {failure or 'could not start (port in use?)'}"
-                    )
+            if serving.done() and not stop.is_set():
+                failure = None if serving.cancelled() else serving.exception()
+                raise NonstopError(
+                    f"HTTP server on {self.settings.host}:{self.settings.port} stopped:"
+                    f" {failure or 'could not start (port in use?)'}"
+                )
+            starting.cancel()
             await runtime.stop_worker(self.settings.grace_period)
             server.should_exit = True
             await serving
             log.info("node_stopped")
             return 0
         finally:
+            for task in (starting, stopping, serving):
+                task.cancel()
+            await asyncio.gather(starting, stopping, serving, return_exceptions=True)
             await runtime.close()
+
+    async def _start(self, runtime: Runtime) -> None:
+        """Open the store (waiting out an unreachable database), start the executor, and
+        only then report started: until here /healthz/startup answers 503."""
+        pause = 0.5
+        while True:
+            try:
+                await runtime.store.open()
+                break
+            except StoreUnavailable as exc:
+                log.error("store_unavailable", error=str(exc), retry_in=pause)
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 30.0)
+        executor = await runtime.start_worker(
+            concurrency=self.settings.concurrency,
+            lease_ttl=self.settings.lease_ttl,
+            poll_interval=self.settings.poll_interval,
+        )
+        self.state.started = True
+        log.info(
+            "node_started",
+            app=self.app.name,
+            agents=sorted(self.app.agents),
+            database=getattr(runtime.store, "safe_url", self.url),
+            url=f"http://{self.settings.host}:{self.settings.port}",
+            node=executor.owner,
+        )

@@ -6,6 +6,7 @@ rest takes `Authorization: Bearer $NONSTOP_API_TOKEN` when a token is configured
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -21,7 +22,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nonstop.app import Runtime
-from nonstop.errors import InvalidInput, NonstopError, RunNotFound, UnknownAgent
+from nonstop.errors import InvalidInput, NonstopError, RunNotFound, StoreError, UnknownAgent
 from nonstop.models import RunStatus
 from nonstop.views import run_detail, run_dict
 
@@ -35,6 +36,7 @@ class NodeState:
     started: bool = False  # migrations applied, agents validated, orphans recovered
     draining: bool = False  # shutting down: no new work
     live_within: float = 10.0  # seconds the executor loop may go without ticking
+    ping_timeout: float = 2.0  # seconds the store may take to answer the readiness probe
 
 
 class _ApiError(Exception):
@@ -175,7 +177,8 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         if state.draining:
             return _probe(False, "draining")
         try:
-            await store.get_run("")
+            async with asyncio.timeout(state.ping_timeout):
+                await store.ping()
         except Exception as exc:
             return _probe(False, f"store unreachable: {exc}")
         return _probe(True, "")
@@ -191,6 +194,8 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         return _error(exc.status, exc.message)
 
     async def on_nonstop_error(request: Request, exc: Exception) -> Response:
+        if isinstance(exc, StoreError):
+            return _error(503, str(exc))
         if isinstance(exc, RunNotFound):
             return _error(404, str(exc))
         if isinstance(exc, UnknownAgent | InvalidInput):

@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from nonstop.errors import RunNotFound, StoreError
+from nonstop.errors import RunNotFound, StoreError, StoreUnavailable
 from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
 from nonstop.observe.logging import get_logger
 from nonstop.store import migrations
@@ -46,7 +46,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 log = get_logger("nonstop.store")
 
 CHANNEL = "nonstop_work"
-_MIGRATION_LOCK = 7_001_001  # pg_advisory_xact_lock key serialising migrators
+_MIGRATION_LOCK = 7_001_001
+_CONNECTION_WAIT = 10.0  # seconds an operation waits for a database connection  # pg_advisory_xact_lock key serialising migrators
 
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 RUNS_RUN_COLUMNS = ", ".join(f"runs.{name}" for name in RUN_FIELDS)
@@ -172,19 +173,25 @@ class PostgresStore:
     def __init__(self, url: str, *, create: bool = True, pool_size: int = 10) -> None:
         self.url = url
         self._create = create  # a server database always exists; kept for symmetry
-        self._pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            open=False,
-            kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
-        )
+        self._pool_size = pool_size
+        self._pool = self._new_pool()
         self._listeners: list[Callable[[], None]] = []
         self._listen_task: asyncio.Task[None] | None = None
         self._opened = False
 
     # -- plumbing -------------------------------------------------------------------------
+
+    def _new_pool(self) -> AsyncConnectionPool[Connection]:
+        return AsyncConnectionPool(
+            self.url,
+            min_size=1,
+            max_size=self._pool_size,
+            open=False,
+            kwargs={"autocommit": True},
+            check=AsyncConnectionPool.check_connection,
+            # an outage shorter than this is absorbed: operations wait for a connection
+            timeout=_CONNECTION_WAIT,
+        )
 
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Connection]:
@@ -192,16 +199,20 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
-        except (LeaseLost, RunNotFound, StoreError):
+        except (LeaseLost, RunNotFound, StoreError):  # already ours
             raise
         except pg_errors.UniqueViolation as exc:
             raise StoreError(f"already recorded: {_one_line(exc)}") from None
         except PoolTimeout as exc:
-            raise StoreError(f"database unreachable: {self._safe_url()}: {exc}") from None
+            raise StoreUnavailable(f"database unreachable: {self.safe_url}: {exc}") from None
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"database unreachable: {_one_line(exc)}") from None
         except psycopg.Error as exc:
             raise StoreError(f"database error: {_one_line(exc)}") from None
 
-    def _safe_url(self) -> str:
+    @property
+    def safe_url(self) -> str:
+        """The URL without its credentials, for logs and errors."""
         head, sep, tail = self.url.rpartition("@")
         if not sep:
             return self.url
@@ -215,7 +226,8 @@ class PostgresStore:
             await self._pool.open(wait=True, timeout=10)
         except (PoolTimeout, psycopg.Error) as exc:
             await self._pool.close()
-            raise StoreError(f"cannot connect to {self._safe_url()}: {_one_line(exc)}") from None
+            self._pool = self._new_pool()  # a closed pool cannot be reopened
+            raise StoreUnavailable(f"cannot connect to {self.safe_url}: {_one_line(exc)}") from None
         self._opened = True
         async with self._tx() as conn:
             await _migrate(conn)

@@ -1,0 +1,279 @@
+"""Real `nonstop serve` processes for end-to-end tests: start, probe, signal, kill, clean up.
+
+A `ServeNode` is one node of an app on one database, started again as often as a test
+likes (each start is a new process on a fresh port). Its stdout and stderr go to one log
+file, whose tail belongs in every assertion message. A `NodePool` kills whatever is still
+running when it closes, so a failing test never leaves a node behind; use it as a fixture:
+
+    @pytest.fixture
+    def nodes() -> Iterator[NodePool]:
+        with NodePool() as pool:
+            yield pool
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+T = TypeVar("T")
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+_live: set[subprocess.Popen[bytes]] = set()
+
+
+def _nonstop_command() -> list[str]:
+    """The venv's `nonstop` script when there is one, else `python -m nonstop`."""
+    script = Path(sys.executable).with_name("nonstop")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "nonstop"]
+
+
+def free_port() -> int:
+    """A TCP port that nobody listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_until(
+    check: Callable[[], T | None],
+    *,
+    timeout: float,
+    what: str,
+    interval: float = 0.02,
+    describe: Callable[[], str] | None = None,
+) -> T:
+    """Poll `check` until it returns something truthy and return that; raise TimeoutError
+    naming `what` (and whatever `describe` says about the state) once `timeout` passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = f"\n{describe()}" if describe is not None else ""
+            raise TimeoutError(f"{what}: not within {timeout:g}s{detail}")
+        time.sleep(interval)
+
+
+class NodeError(AssertionError):
+    """A serve process did not behave (exited early, never became ready, would not stop)."""
+
+
+class ServeNode:
+    """`nonstop serve APP --db URL --port P ARGS...`, run with cwd at the project root."""
+
+    def __init__(
+        self,
+        app: str,
+        db_url: str,
+        log_path: Path,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        cwd: Path = PROJECT_ROOT,
+    ) -> None:
+        self.app = app
+        self.db_url = db_url
+        self.log_path = log_path
+        self.args = list(args)
+        self.env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+        self.cwd = cwd
+        self.port = 0
+        self.starts = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.spawned_at = 0.0  # time.time() of the last start
+        self.ready_at: float | None = None  # time.time() when the last start was seen ready
+
+    def __repr__(self) -> str:
+        return f"ServeNode({self.app!r}, pid={self.pid}, port={self.port})"
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.process is None else self.process.pid
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        """Spawn a new serve process (the previous one must have ended)."""
+        if self.running:
+            raise NodeError(f"{self!r} is still running")
+        self._reap()
+        self.port = free_port()
+        self.starts += 1
+        command = [
+            *_nonstop_command(),
+            "serve",
+            self.app,
+            "--db",
+            self.db_url,
+            "--port",
+            str(self.port),
+            *self.args,
+        ]
+        with open(self.log_path, "ab") as log:
+            log.write(f"--- start {self.starts}: {' '.join(command)}\n".encode())
+            log.flush()
+            # The child keeps its own copy of the log descriptor; ours closes right here.
+            self.process = subprocess.Popen(
+                command,
+                cwd=self.cwd,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        _live.add(self.process)
+        self.spawned_at = time.time()
+        self.ready_at = None
+
+    def probe(self, name: str = "ready") -> bool:
+        """True when `/healthz/{name}` answers 200."""
+        try:
+            with urllib.request.urlopen(f"{self.url}/healthz/{name}", timeout=1.0) as response:
+                return bool(response.status == 200)
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            return False
+        except (OSError, ValueError):
+            return False
+
+    def wait_ready(self, timeout: float = 30.0) -> float:
+        """Poll the readiness probe; return the time (time.time()) it first answered 200."""
+
+        def ready() -> bool:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise NodeError(f"serve exited ({code}) before it was ready\n{self.log_tail()}")
+            return self.probe("ready")
+
+        wait_until(
+            ready,
+            timeout=timeout,
+            what=f"{self!r} ready",
+            describe=self.log_tail,
+        )
+        self.ready_at = time.time()
+        return self.ready_at
+
+    def kill(self) -> float:
+        """SIGKILL the process and reap it; return the time the signal was sent."""
+        process = self._current()
+        killed_at = time.time()
+        process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
+        self._reap()
+        return killed_at
+
+    def terminate(self, timeout: float) -> tuple[int, float]:
+        """SIGTERM the process and wait up to `timeout` seconds for it to exit.
+
+        Returns its exit code and how long it took; a process still alive after `timeout`
+        is killed and reported as a NodeError."""
+        process = self._current()
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        try:
+            code = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+            self._reap()
+            raise NodeError(
+                f"serve did not exit within {timeout:g}s of SIGTERM\n{self.log_tail()}"
+            ) from None
+        took = time.monotonic() - sent
+        self._reap()
+        return code, took
+
+    def close(self) -> None:
+        """Kill the process if it still runs. Idempotent."""
+        if self.running:
+            self.kill()
+        self._reap()
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def log_tail(self, lines: int = 40) -> str:
+        tail = self.log_text().splitlines()[-lines:]
+        return f"--- last {len(tail)} lines of {self.log_path}:\n" + "\n".join(tail)
+
+    def _current(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise NodeError(f"{self!r} was not started")
+        return self.process
+
+    def _reap(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            _live.discard(self.process)
+            self.process = None
+
+
+class NodePool:
+    """Makes ServeNodes and guarantees that none outlives the `with` block."""
+
+    def __init__(self) -> None:
+        self.nodes: list[ServeNode] = []
+
+    def node(
+        self,
+        app: str,
+        db_url: str,
+        log_path: Path,
+        *,
+        args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+    ) -> ServeNode:
+        made = ServeNode(app, db_url, log_path, args=args, env=env)
+        self.nodes.append(made)
+        return made
+
+    def close(self) -> None:
+        for node in self.nodes:
+            with contextlib.suppress(Exception):
+                node.close()
+
+    def __enter__(self) -> NodePool:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@atexit.register
+def _kill_leftovers() -> None:
+    """Last line of defence (an interrupted test run): no serve process outlives pytest."""
+    for process in list(_live):
+        with contextlib.suppress(Exception):
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=10)
