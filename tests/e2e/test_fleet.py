@@ -79,7 +79,9 @@ def test_three_nodes_share_2000_runs_through_a_kill_and_a_graceful_stop(
     wait_until(lambda: progress(RUNS), timeout=180, what="all done", describe=survivor.log_tail)
 
     with psycopg.connect(pg_url) as conn:
-        statuses = dict(conn.execute("SELECT status, count(*) FROM runs GROUP BY 1").fetchall())
+        statuses: dict[str, int] = dict(
+            conn.execute("SELECT status, count(*) FROM runs GROUP BY 1").fetchall()
+        )
         assert statuses == {"completed": RUNS}
         per_run = conn.execute(
             "SELECT count(*), count(DISTINCT seq) FROM steps GROUP BY run_id"
@@ -88,7 +90,7 @@ def test_three_nodes_share_2000_runs_through_a_kill_and_a_graceful_stop(
         recorded: dict[str, list[str]] = {}
         for run_id, payload in conn.execute("SELECT run_id, payload FROM steps ORDER BY seq"):
             recorded.setdefault(run_id, []).append(json.loads(payload))
-        outputs = dict(conn.execute("SELECT id, output FROM runs").fetchall())
+        outputs: dict[str, str] = dict(conn.execute("SELECT id, output FROM runs").fetchall())
         recovered = conn.execute(
             "SELECT count(*) FROM incidents WHERE kind = 'recovered'"
         ).fetchone()
