@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
+import json
 import threading
 import time
 import uuid
@@ -140,6 +141,29 @@ class Runtime:
             pause = min(pause * 1.5, 0.2)
 
 
+MAX_RUN_ID = 255
+
+
+def _check_run_id(run_id: object) -> None:
+    """Run ids appear in URLs, logs and terminals: printable, bounded, real Unicode."""
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidInput("run id must be a non-empty string")
+    if len(run_id) > MAX_RUN_ID:
+        raise InvalidInput(f"run id must be at most {MAX_RUN_ID} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in run_id):
+        raise InvalidInput("run id must not contain control characters")
+    _check_unicode(run_id, "run id")
+
+
+def _check_unicode(value: object, what: str) -> None:
+    """Reject lone surrogates: `json.dumps` escapes them, but every later read of the value
+    as UTF-8 (an HTTP response, a terminal) would fail."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+
+
 class _LoopThread:
     """A private event loop in a daemon thread, for the App's synchronous API."""
 
@@ -253,8 +277,9 @@ class App:
         if not isinstance(payload, dict):
             raise InvalidInput(f"input must be a JSON object, got {type(payload).__name__}")
         encode(payload, "input")
-        if run_id is not None and (not isinstance(run_id, str) or not run_id.strip()):
-            raise InvalidInput("run id must be a non-empty string")
+        _check_unicode(payload, "input")
+        if run_id is not None:
+            _check_run_id(run_id)
         return NewRun(
             id=run_id or uuid.uuid4().hex,
             agent=agent_name,

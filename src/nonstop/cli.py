@@ -384,8 +384,6 @@ def resume(
     """Continue a paused run from its last checkpoint."""
     _, url = _resolve(app_spec, db, need_app=False)
     found = _with_store(url, lambda s: s.resume_run(run_id, time.time()))
-    if found.status != RunStatus.PENDING:
-        raise CliError(f"run {run_id} is {found.status}, not paused")
     if as_json:
         _print_json(run_dict(found, time.time()))
     else:

@@ -27,6 +27,10 @@ class RunNotFound(NonstopError):
     """No run has the given id."""
 
 
+class InvalidState(NonstopError):
+    """The run is not in a state that allows this (resuming a run that is not paused)."""
+
+
 class InvalidInput(NonstopError):
     """A run's input or output is not a JSON object / JSON-serialisable value."""
 

@@ -12,6 +12,7 @@ import json
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -22,11 +23,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from nonstop.app import Runtime
-from nonstop.errors import InvalidInput, NonstopError, RunNotFound, StoreError, UnknownAgent
+from nonstop.errors import (
+    InvalidInput,
+    InvalidState,
+    NonstopError,
+    RunNotFound,
+    StoreError,
+    UnknownAgent,
+)
 from nonstop.models import RunStatus
 from nonstop.views import run_detail, run_dict
 
 _OPEN_PATHS = ("/healthz/", "/openapi.json")
+_MAX_LIMIT = 100_000
 
 
 @dataclass(slots=True)
@@ -50,16 +59,26 @@ def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=status)
 
 
-class _BearerAuth(BaseHTTPMiddleware):
+class _Guard(BaseHTTPMiddleware):
+    """Refuses paths with control characters (no run id has them, and `$` in a route
+    pattern would match before a trailing newline) and checks the bearer token."""
+
     def __init__(self, app: Any, token: str | None) -> None:
         super().__init__(app)
-        self._token = token
+        self._token = None if token is None else token.encode()
 
     async def dispatch(self, request: Request, call_next: RequestResponseEndpoint) -> Response:
-        if self._token and not request.url.path.startswith(_OPEN_PATHS):
+        path = request.url.path
+        if any(ord(c) < 32 or ord(c) == 127 for c in request.scope["path"]):
+            return _error(404, "not found")
+        if self._token and not path.startswith(_OPEN_PATHS):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
-            if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._token):
-                return _error(401, "missing or wrong bearer token")
+            # header values arrive as latin-1 text; compare bytes, never raise on them
+            presented = given.strip().encode("latin-1", "replace")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(presented, self._token):
+                response = _error(401, "missing or wrong bearer token")
+                response.headers["WWW-Authenticate"] = "Bearer"
+                return response
         return await call_next(request)
 
 
@@ -74,7 +93,7 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
             return {}
         try:
             data = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _ApiError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise _ApiError(400, "request body must be a JSON object")
@@ -85,13 +104,16 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         agent = data.get("agent")
         if not isinstance(agent, str):
             raise _ApiError(422, "field 'agent' (a string) is required")
-        run_id = data.get("id") or request.headers.get("idempotency-key")
+        # an id in the body wins over the header; a present but empty id is an error
+        run_id = data.get("id")
+        if run_id is None:
+            run_id = request.headers.get("idempotency-key")
         run, created = await runtime.start_run(agent, data.get("input"), run_id)
         view = {
             "run_id": run.id,
             "status": str(run.status),
             "created": created,
-            "url": f"/api/runs/{run.id}",
+            "url": f"/api/runs/{quote(run.id, safe='')}",
         }
         return JSONResponse(view, status_code=202 if created else 200)
 
@@ -129,9 +151,6 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
 
     async def resume_run(request: Request) -> Response:
         run = await store.resume_run(request.path_params["run_id"], time.time())
-        if run.status != RunStatus.PENDING:
-            raise _ApiError(409, f"run {run.id} is {run.status}, not paused")
-        _notify(runtime)
         return JSONResponse(run_dict(run, time.time()))
 
     async def list_dlq(request: Request) -> Response:
@@ -145,7 +164,6 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         replayed = await store.replay_dead(run_id, time.time())
         if not replayed:
             raise _ApiError(409, f"run {run_id} is not dead: only dead runs can be replayed")
-        _notify(runtime)
         return JSONResponse(run_dict(replayed[0], time.time()))
 
     async def list_agents(request: Request) -> Response:
@@ -198,13 +216,17 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
             return _error(503, str(exc))
         if isinstance(exc, RunNotFound):
             return _error(404, str(exc))
+        if isinstance(exc, InvalidState):
+            return _error(409, str(exc))
         if isinstance(exc, UnknownAgent | InvalidInput):
             return _error(422, str(exc))
         return _error(400, str(exc))
 
     async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, str(exc.detail))
+        response = _error(exc.status_code, str(exc.detail))
+        response.headers.update(exc.headers or {})  # e.g. Allow on a 405
+        return response
 
     routes = [
         Route("/", index),
@@ -223,7 +245,7 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
     ]
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_BearerAuth, token=token)],
+        middleware=[Middleware(_Guard, token=token)],
         exception_handlers={
             _ApiError: on_api_error,
             NonstopError: on_nonstop_error,
@@ -240,8 +262,8 @@ def _int_param(request: Request, name: str, default: int) -> int:
         value = int(raw)
     except ValueError:
         raise _ApiError(400, f"query parameter {name!r} must be an integer") from None
-    if value < 0:
-        raise _ApiError(400, f"query parameter {name!r} must not be negative")
+    if not 0 <= value <= _MAX_LIMIT:
+        raise _ApiError(400, f"query parameter {name!r} must be between 0 and {_MAX_LIMIT}")
     return value
 
 
@@ -249,11 +271,6 @@ def _probe(ok: bool, reason: str) -> Response:
     if ok:
         return JSONResponse({"status": "ok"})
     return JSONResponse({"status": "fail", "reason": reason}, status_code=503)
-
-
-def _notify(runtime: Runtime) -> None:
-    if runtime.executor is not None:
-        runtime.executor.notify()
 
 
 def _schema_ref(name: str) -> dict[str, str]:

@@ -187,7 +187,8 @@ class Store(Protocol):
         RunNotFound for an unknown id and leaves non-dead runs untouched."""
 
     async def resume_run(self, run_id: str, now: float) -> Run:
-        """Make a `paused` run due again. Raises RunNotFound."""
+        """Make a `paused` run due again. Raises RunNotFound, or InvalidState (changing
+        nothing) when the run is not paused."""
 
     async def add_incident(self, incident: Incident) -> None:
         """Append to the incident log."""

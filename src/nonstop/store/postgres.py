@@ -17,7 +17,7 @@ import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from nonstop.errors import RunNotFound, StoreError, StoreUnavailable
+from nonstop.errors import InvalidState, RunNotFound, StoreError, StoreUnavailable
 from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
 from nonstop.observe.logging import get_logger
 from nonstop.store import migrations
@@ -46,8 +46,8 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
 log = get_logger("nonstop.store")
 
 CHANNEL = "nonstop_work"
-_MIGRATION_LOCK = 7_001_001
-_CONNECTION_WAIT = 10.0  # seconds an operation waits for a database connection  # pg_advisory_xact_lock key serialising migrators
+_MIGRATION_LOCK = 7_001_001  # pg_advisory_xact_lock key serialising migrators
+_CONNECTION_WAIT = 10.0  # seconds an operation waits for a database connection
 
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 RUNS_RUN_COLUMNS = ", ".join(f"runs.{name}" for name in RUN_FIELDS)
@@ -199,7 +199,7 @@ class PostgresStore:
         try:
             async with self._pool.connection() as conn, conn.transaction():
                 yield conn
-        except (LeaseLost, RunNotFound, StoreError):  # already ours
+        except (LeaseLost, RunNotFound, InvalidState, StoreError):  # already ours
             raise
         except pg_errors.UniqueViolation as exc:
             raise StoreError(f"already recorded: {_one_line(exc)}") from None
@@ -512,7 +512,10 @@ class PostgresStore:
             row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")
-        return run_from_row(row)
+        run = run_from_row(row)
+        if not cursor.rowcount:
+            raise InvalidState(f"run {run_id} is {run.status}, not paused")
+        return run
 
     async def add_incident(self, incident: Incident) -> None:
         async with self._tx() as conn:

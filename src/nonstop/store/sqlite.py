@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from nonstop.errors import ConfigError, RunNotFound, StoreError
+from nonstop.errors import ConfigError, InvalidState, RunNotFound, StoreError
 from nonstop.models import (
     JSON,
     Attempt,
@@ -528,15 +528,17 @@ class SQLiteStore:
 
     async def resume_run(self, run_id: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
-            conn.execute(RESUME_RUN, (now, now, run_id))
+            changed = conn.execute(RESUME_RUN, (now, now, run_id)).rowcount
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
-            return run_from_row(row)
+            run = run_from_row(row)
+            if not changed:
+                raise InvalidState(f"run {run_id} is {run.status}, not paused")
+            return run
 
         resumed: Run = await self._write.submit(op)
-        if resumed.status == RunStatus.PENDING:
-            self._announce()
+        self._announce()
         return resumed
 
     async def add_incident(self, incident: Incident) -> None:
