@@ -102,6 +102,7 @@ class Runtime:
         self.executor: Executor | None = None
 
     async def start_worker(self, **options: Any) -> Executor:
+        """Start executing runs here; `options` are Executor settings."""
         if self.executor is None:
             self.executor = Executor(self.app, self.store, **options)
             await self.executor.start()
@@ -187,7 +188,10 @@ class App:
     """A set of agents sharing one store.
 
     `database_url` defaults to `NONSTOP_DATABASE_URL`, else `sqlite:///nonstop.db`.
-    `version` (default: a hash of the agents' source) is recorded on every run.
+    `version` (default: a hash of the agents' source) is recorded on every run it
+    executes. A run that ran under another version, of which no node is alive any more, is
+    adopted: resumed (`on_version_change="resume"`, the default; a changed step sequence
+    still pauses it with NonDeterminismError) or paused for a human (`"pause"`).
     """
 
     def __init__(
@@ -196,9 +200,15 @@ class App:
         database_url: str | None = None,
         *,
         version: str | None = None,
+        on_version_change: str = "resume",
     ) -> None:
+        if on_version_change not in ("resume", "pause"):
+            raise ConfigError(
+                f"on_version_change must be 'resume' or 'pause', got {on_version_change!r}"
+            )
         self.name = name
         self.database_url = database_url
+        self.on_version_change = on_version_change
         self.agents: dict[str, Agent] = {}
         self._version = version
         self._loop_thread: _LoopThread | None = None
@@ -280,12 +290,7 @@ class App:
         _check_unicode(payload, "input")
         if run_id is not None:
             _check_run_id(run_id)
-        return NewRun(
-            id=run_id or uuid.uuid4().hex,
-            agent=agent_name,
-            input=payload,
-            app_version=self.version,
-        )
+        return NewRun(id=run_id or uuid.uuid4().hex, agent=agent_name, input=payload)
 
     # -- running, synchronous API ---------------------------------------------------------
 

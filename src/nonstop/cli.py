@@ -25,6 +25,7 @@ from nonstop.app import App, Runtime, outcome
 from nonstop.errors import ConfigError, InvalidInput, NonstopError, RunNotFound
 from nonstop.models import JSON, Run, RunStatus
 from nonstop.store import Store, open_store, resolve_url
+from nonstop.store.base import NodeInfo
 from nonstop.views import run_detail, run_dict, why
 
 T = TypeVar("T")
@@ -199,6 +200,9 @@ def serve(
     grace_period: Annotated[float, typer.Option(help="Seconds to finish work on SIGTERM.")] = 30.0,
     lease_ttl: Annotated[float, typer.Option(help="Seconds a lease lasts unrenewed.")] = 30.0,
     poll_interval: Annotated[float, typer.Option(help="Seconds between store polls.")] = 0.5,
+    canary: Annotated[
+        float, typer.Option(help="Take this share (0-1) of new runs: a canary of a new version.")
+    ] = 0.0,
 ) -> None:
     """Run the executor and the HTTP API until SIGTERM or Ctrl-C."""
     from nonstop.node import Node, NodeSettings
@@ -207,6 +211,8 @@ def serve(
     assert app is not None
     if concurrency < 1:
         raise CliError("--concurrency must be at least 1")
+    if not 0 <= canary < 1:
+        raise CliError("--canary must be a share from 0 up to (not including) 1")
     settings = NodeSettings(
         host=host,
         port=port,
@@ -214,6 +220,7 @@ def serve(
         grace_period=grace_period,
         lease_ttl=lease_ttl,
         poll_interval=poll_interval,
+        canary_share=canary,
     )
     sys.exit(Node(app, url, settings).run())
 
@@ -442,3 +449,49 @@ def dlq_replay(
         _out.print(f"replayed {len(replayed)} run(s)")
         for r in replayed:
             _out.print(f"  {r.id}  {r.agent}  attempt {r.attempt}")
+
+
+@cli.command()
+def versions(
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Runs per app version, and the nodes serving each version."""
+    _, url = _resolve(app_spec, db, need_app=False)
+
+    async def go(store: Store) -> tuple[list[tuple[str | None, str, int]], list[NodeInfo]]:
+        return await store.version_summary(), await store.list_nodes()
+
+    summary, nodes = _with_store(url, go)
+    now = time.time()
+    table: dict[str, dict[str, Any]] = {}
+    for version, status, count in summary:
+        row = table.setdefault(version or "-", {"version": version, "runs": {}, "nodes": []})
+        row["runs"][status] = count
+    for node in nodes:
+        row = table.setdefault(node.version, {"version": node.version, "runs": {}, "nodes": []})
+        row["nodes"].append(
+            {
+                "id": node.id,
+                "canary_share": node.canary_share,
+                "last_seen_seconds_ago": round(now - node.last_seen, 1),
+            }
+        )
+    rows = sorted(table.values(), key=lambda r: r["version"] or "")
+    if as_json:
+        _print_json(rows)
+        return
+    out = Table(title="versions")
+    for column in ("version", "nodes", "canary", "runs by status"):
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        canary = max((n["canary_share"] for n in row["nodes"]), default=0.0)
+        runs_text = ", ".join(f"{status} {count}" for status, count in sorted(row["runs"].items()))
+        out.add_row(
+            row["version"] or "(not started yet)",
+            str(len(row["nodes"])),
+            f"{canary:.0%}" if canary else "",
+            runs_text,
+        )
+    _out.print(out)

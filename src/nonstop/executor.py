@@ -29,7 +29,7 @@ from nonstop.errors import (
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
 from nonstop.policies.retry import gives_up
-from nonstop.store.base import Claimed, LeaseLost, Store
+from nonstop.store.base import Claimed, LeaseLost, NodeInfo, Routing, Store
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
@@ -85,10 +85,14 @@ class Executor:
         concurrency: int = 100,
         lease_ttl: float = 30.0,
         poll_interval: float = 0.5,
+        canary_share: float = 0.0,
     ) -> None:
         self.app = app
         self.store = store
         self.owner = owner or node_id()
+        self.canary_share = canary_share
+        self.routing = Routing(app.version, _fresh_share(canary_share, {}), (app.version,))
+        self._started_at = time.time()
         self.concurrency = concurrency
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
@@ -116,6 +120,7 @@ class Executor:
 
         self.store.on_work(wake)
         await self._recover_orphans()
+        await self._refresh_routing()
         self._tasks = [
             asyncio.create_task(self._claim_loop(), name="nonstop-claim"),
             asyncio.create_task(self._lease_loop(), name="nonstop-leases"),
@@ -141,6 +146,7 @@ class Executor:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.store.release_leases(self.owner, time.time())
+            await self.store.remove_node(self.owner)
         self._handler_threads.shutdown(wait=False, cancel_futures=True)
         self._step_threads.shutdown(wait=False, cancel_futures=True)
 
@@ -162,6 +168,7 @@ class Executor:
                         limit=free,
                         now=time.time(),
                         lease_ttl=self.lease_ttl,
+                        routing=self.routing,
                     )
                 except Exception as exc:
                     # the store is down or failing: back off, say so once per attempt
@@ -199,6 +206,7 @@ class Executor:
                 for run_id in cancel:
                     self._stop_run(run_id, Interrupt.CANCELLED)
                 await self._recover_orphans()
+                await self._refresh_routing()
             except Exception as exc:
                 log.error("lease_renewal_failed", error=str(exc))
 
@@ -209,6 +217,38 @@ class Executor:
         if dead and await self.store.expire_leases(dead, time.time()):
             log.info("orphans_found", owners=dead)
             self._wakeup.set()
+
+    async def _refresh_routing(self) -> None:
+        """Say this node is alive, and work out which runs are its own (rolling deploys).
+
+        A node counts as alive while it has been seen within one lease time. The versions
+        of live nodes keep their runs; a canary share of fresh runs goes to the canary."""
+        now = time.time()
+        await self.store.register_node(
+            NodeInfo(
+                id=self.owner,
+                app=self.app.name,
+                version=self.app.version,
+                canary_share=self.canary_share,
+                hostname=socket.gethostname(),
+                pid=os.getpid(),
+                started_at=self._started_at,
+                last_seen=now,
+            )
+        )
+        live: dict[str, float] = {}
+        for node in await self.store.list_nodes():
+            if node.id != self.owner and (
+                owner_is_dead(node.id) or node.last_seen < now - 3 * self.lease_ttl
+            ):
+                await self.store.remove_node(node.id)  # gone for good: forget it
+                continue
+            if node.last_seen >= now - self.lease_ttl:
+                live[node.version] = max(live.get(node.version, 0.0), node.canary_share)
+        live[self.app.version] = self.canary_share
+        self.routing = Routing(
+            self.app.version, _fresh_share(self.canary_share, live), tuple(sorted(live))
+        )
 
     # -- one run ----------------------------------------------------------------------
 
@@ -245,6 +285,8 @@ class Executor:
     async def _drive(self, claimed: Claimed, ctx: Context, active: _Active) -> None:
         run = claimed.run
         agent = self.app.agents[run.agent]
+        if not await self._accept_version(claimed):
+            return
         started = time.monotonic()
         outcome: Any = None
         failure: BaseException | None = None
@@ -286,6 +328,33 @@ class Executor:
                 )
                 return
         await self._settle_failure(agent, ctx, failure, now)
+
+    async def _accept_version(self, claimed: Claimed) -> bool:
+        """Apply `on_version_change` to a run adopted from a version no live node runs."""
+        run, previous, version = claimed.run, claimed.previous_version, self.app.version
+        if previous is None or previous == version:
+            return True
+        now = time.time()
+        detail = f"started under version {previous}, adopted by version {version}"
+        if self.app.on_version_change == "pause":
+            await self.store.park_run(
+                self.owner,
+                run.id,
+                status=RunStatus.PAUSED,
+                wake_at=None,
+                reason=f"paused: {detail} (on_version_change=pause; `nonstop resume` runs it)",
+                now=now,
+            )
+            await self.store.add_incident(
+                Incident(run.id, run.agent, "version_change", f"{detail}; paused", now)
+            )
+            log.warning("run_paused", agent=run.agent, run_id=run.id, reason=detail)
+            return False
+        await self.store.add_incident(
+            Incident(run.id, run.agent, "version_change", f"{detail}; resumed", now)
+        )
+        log.info("run_adopted", agent=run.agent, run_id=run.id, reason=detail)
+        return True
 
     async def _invoke(self, agent: Agent, ctx: Context, inputs: dict[str, Any]) -> Any:
         if agent.is_async:
@@ -351,6 +420,14 @@ class Executor:
         log.error(
             "run_dead", agent=name, run_id=run_id, attempt=ctx.attempt, error=error["message"]
         )
+
+
+def _fresh_share(canary_share: float, live: dict[str, float]) -> tuple[float, float]:
+    """The slice of fresh runs (by route, in [0, 1)) a node takes: a canary the first
+    `canary_share` of them, any other node what live canaries of other versions leave."""
+    if canary_share > 0:
+        return (0.0, canary_share)
+    return (min(sum(share for share in live.values() if share > 0), 1.0), 1.0)
 
 
 async def _with_timeout(task: asyncio.Task[Any], limit: float | None) -> Any:

@@ -35,6 +35,7 @@ class NodeSettings:
     grace_period: float = 30.0
     lease_ttl: float = 30.0
     poll_interval: float = 0.5
+    canary_share: float = 0.0
 
 
 class _Server(uvicorn.Server):
@@ -148,6 +149,7 @@ class Node:
             concurrency=self.settings.concurrency,
             lease_ttl=self.settings.lease_ttl,
             poll_interval=self.settings.poll_interval,
+            canary_share=self.settings.canary_share,
         )
         self.state.started = True
         log.info(
@@ -157,4 +159,6 @@ class Node:
             database=getattr(runtime.store, "safe_url", self.url),
             url=f"http://{self.settings.host}:{self.settings.port}",
             node=executor.owner,
+            version=self.app.version,
+            canary_share=self.settings.canary_share,
         )

@@ -11,7 +11,11 @@ import uuid
 
 import nonstop
 
-app = nonstop.App("fleet", version=os.environ.get("FLEET_APP_VERSION", "v1"))
+app = nonstop.App(
+    "fleet",
+    version=os.environ.get("FLEET_APP_VERSION", "v1"),
+    on_version_change=os.environ.get("FLEET_ON_VERSION_CHANGE", "resume"),
+)
 
 
 async def token(pause: float) -> str:

@@ -12,8 +12,9 @@ are computed over exactly the bytes that were stored.
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from nonstop.errors import NonstopError
@@ -30,10 +31,11 @@ class NewRun:
     id: str
     agent: str
     input: dict[str, JSON]
-    app_version: str | None = None
+    app_version: str | None = None  # None: whichever version first executes it
     parent_id: str | None = None
     priority: int = 0
     not_before: float | None = None  # the run is not claimable before this time
+    route: float = field(default_factory=random.random)  # canary routing of fresh runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,35 @@ class Claimed:
     run: Run
     history: History
     recovered: bool  # its previous owner's lease had expired
+    previous_version: str | None = None  # the app version it ran under before this claim
+
+
+@dataclass(frozen=True, slots=True)
+class Routing:
+    """Which runs a node of app version `version` claims during a rolling deploy.
+
+    Runs that never ran are fresh: the node takes those whose `route` lies in `fresh`
+    (a canary takes `[0, share)`, the others the rest). Runs that ran under `version` are
+    its own. Runs of another version are left to that version while one of its nodes is
+    alive (`live_versions`), and adopted otherwise."""
+
+    version: str
+    fresh: tuple[float, float] = (0.0, 1.0)
+    live_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class NodeInfo:
+    """A serving node as it registers itself in the store."""
+
+    id: str
+    app: str
+    version: str
+    canary_share: float
+    hostname: str
+    pid: int
+    started_at: float
+    last_seen: float
 
 
 class Store(Protocol):
@@ -104,12 +135,14 @@ class Store(Protocol):
         limit: int,
         now: float,
         lease_ttl: float,
+        routing: Routing | None = None,
     ) -> list[Claimed]:
         """Lease up to `limit` due runs of `agents` to `owner` and mark them `running`.
 
         Due means: `pending` or `sleeping` whose wake time has come, or `running` whose lease
         expired (its owner is presumed dead; an incident `recovered` is recorded). Earliest
-        due first. A run is never leased to two owners at once."""
+        due first. A run is never leased to two owners at once. With `routing`, only the
+        runs that routing gives this node, and each claimed run records its version."""
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         """Extend every lease `owner` holds; return the ids of its runs asked to cancel."""
@@ -192,3 +225,17 @@ class Store(Protocol):
 
     async def add_incident(self, incident: Incident) -> None:
         """Append to the incident log."""
+
+    # -- nodes and versions -----------------------------------------------------------------
+
+    async def register_node(self, node: NodeInfo) -> None:
+        """Insert or refresh the node's row (its `last_seen` says it is alive)."""
+
+    async def remove_node(self, node_id: str) -> None:
+        """Forget a node that stopped (or is known dead)."""
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        """Every registered node, live or not, oldest first."""
+
+    async def version_summary(self) -> list[tuple[str | None, str, int]]:
+        """(app version, status, number of runs) for every pair that has runs."""

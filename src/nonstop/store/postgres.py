@@ -32,7 +32,7 @@ from nonstop.store._rows import (
     step_from_row,
     step_values,
 )
-from nonstop.store.base import Claimed, LeaseLost, NewRun
+from nonstop.store.base import Claimed, LeaseLost, NewRun, NodeInfo, Routing
 
 try:
     import psycopg
@@ -56,20 +56,40 @@ _ATTEMPT_PARAMS = ", ".join(["%s"] * len(ATTEMPT_FIELDS))
 
 INSERT_RUN = (
     "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
-    " due_at, wake_at, created_at, updated_at)"
-    " VALUES (%s, %s, 'pending', %s, 1, %s, %s, %s, %s, %s, %s, %s)"
+    " due_at, wake_at, created_at, updated_at, route)"
+    " VALUES (%s, %s, 'pending', %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)"
     f" ON CONFLICT (id) DO NOTHING RETURNING {RUN_COLUMNS}"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
 NOTIFY = f"SELECT pg_notify('{CHANNEL}', '')"
 CLAIM_RUNS = (
     "WITH due AS ("
-    " SELECT id, status FROM runs WHERE due_at <= %(now)s AND agent = ANY(%(agents)s)"
+    " SELECT id, status, app_version FROM runs"
+    " WHERE due_at <= %(now)s AND agent = ANY(%(agents)s) AND ("
+    " %(version)s::text IS NULL"
+    " OR (app_version IS NULL AND route >= %(fresh_from)s AND route < %(fresh_to)s)"
+    " OR app_version = %(version)s"
+    " OR (app_version IS NOT NULL AND NOT app_version = ANY(%(live)s)))"
     " ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
     " UPDATE runs SET status = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,"
     " due_at = %(expires)s, wake_at = NULL, wait_reason = NULL, updated_at = %(now)s,"
-    " heartbeat_at = %(now)s, started_at = coalesce(runs.started_at, %(now)s)"
-    f" FROM due WHERE runs.id = due.id RETURNING {RUNS_RUN_COLUMNS}, due.status"
+    " heartbeat_at = %(now)s, started_at = coalesce(runs.started_at, %(now)s),"
+    " app_version = coalesce(%(version)s, runs.app_version)"
+    f" FROM due WHERE runs.id = due.id RETURNING {RUNS_RUN_COLUMNS}, due.status, due.app_version"
+)
+UPSERT_NODE = (
+    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
+    " last_seen = excluded.last_seen, canary_share = excluded.canary_share"
+)
+DELETE_NODE = "DELETE FROM nodes WHERE id = %s"
+SELECT_NODES = (
+    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen FROM nodes"
+    " ORDER BY started_at, id"
+)
+VERSION_SUMMARY = (
+    "SELECT app_version, status, count(*) FROM runs GROUP BY app_version, status"
+    " ORDER BY app_version, status"
 )
 SELECT_STEPS_OF = f"SELECT {', '.join(STEP_FIELDS)} FROM steps WHERE run_id = ANY(%s)"
 SELECT_ATTEMPTS_OF = (
@@ -288,6 +308,7 @@ class PostgresStore:
             new.not_before,
             now,
             now,
+            new.route,
         )
         async with self._tx() as conn:
             row = await (await conn.execute(INSERT_RUN, params)).fetchone()
@@ -351,6 +372,7 @@ class PostgresStore:
         limit: int,
         now: float,
         lease_ttl: float,
+        routing: Routing | None = None,
     ) -> list[Claimed]:
         params = {
             "now": now,
@@ -358,20 +380,27 @@ class PostgresStore:
             "limit": limit,
             "owner": owner,
             "expires": now + lease_ttl,
+            "version": None if routing is None else routing.version,
+            "fresh_from": 0.0 if routing is None else routing.fresh[0],
+            "fresh_to": 1.0 if routing is None else routing.fresh[1],
+            "live": [] if routing is None else list(routing.live_versions),
         }
         async with self._tx() as conn:
             rows = await (await conn.execute(CLAIM_RUNS, params)).fetchall()
             if not rows:
                 return []
-            runs = [(run_from_row(row[:-1]), row[-1] == RunStatus.RUNNING) for row in rows]
-            for run, recovered in runs:
+            runs = [(run_from_row(row[:-2]), row[-2] == RunStatus.RUNNING, row[-1]) for row in rows]
+            for run, recovered, _ in runs:
                 if recovered:
                     await conn.execute(
                         INSERT_INCIDENT,
                         (run.id, run.agent, "recovered", "lease expired; resumed", now),
                     )
-            histories = await _histories(conn, [run.id for run, _ in runs])
-        return [Claimed(run, histories.get(run.id, History()), rec) for run, rec in runs]
+            histories = await _histories(conn, [run.id for run, _, _ in runs])
+        return [
+            Claimed(run, histories.get(run.id, History()), recovered, previous)
+            for run, recovered, previous in runs
+        ]
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         expires = now + lease_ttl
@@ -523,6 +552,36 @@ class PostgresStore:
                 INSERT_INCIDENT,
                 (incident.run_id, incident.agent, incident.kind, incident.detail, incident.at),
             )
+
+    # -- nodes and versions -----------------------------------------------------------------
+
+    async def register_node(self, node: NodeInfo) -> None:
+        values = (
+            node.id,
+            node.app,
+            node.version,
+            node.canary_share,
+            node.hostname,
+            node.pid,
+            node.started_at,
+            node.last_seen,
+        )
+        async with self._tx() as conn:
+            await conn.execute(UPSERT_NODE, values)
+
+    async def remove_node(self, node_id: str) -> None:
+        async with self._tx() as conn:
+            await conn.execute(DELETE_NODE, (node_id,))
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_NODES)).fetchall()
+        return [NodeInfo(*row) for row in rows]
+
+    async def version_summary(self) -> list[tuple[str | None, str, int]]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(VERSION_SUMMARY)).fetchall()
+        return [(row[0], row[1], row[2]) for row in rows]
 
 
 async def _histories(conn: Connection, run_ids: list[str]) -> dict[str, History]:

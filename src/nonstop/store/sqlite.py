@@ -43,7 +43,7 @@ from nonstop.store._rows import (
     step_values,
 )
 from nonstop.store._sqlite_writer import SQLiteWriter
-from nonstop.store.base import Claimed, LeaseLost, NewRun
+from nonstop.store.base import Claimed, LeaseLost, NewRun, NodeInfo, Routing
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
@@ -51,19 +51,38 @@ RUN_COLUMNS = ", ".join(RUN_FIELDS)
 
 INSERT_RUN = (
     "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
-    " due_at, wake_at, created_at, updated_at) VALUES (?, ?, 'pending', ?, 1, ?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (id) DO NOTHING"
+    " due_at, wake_at, created_at, updated_at, route)"
+    " VALUES (?, ?, 'pending', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 SELECT_DUE = (
-    "SELECT id, status FROM runs WHERE due_at <= ? AND agent IN (SELECT value FROM json_each(?))"
-    " ORDER BY due_at LIMIT ?"
+    "SELECT id, status, app_version FROM runs"
+    " WHERE due_at <= :now AND agent IN (SELECT value FROM json_each(:agents)) AND ("
+    " :version IS NULL"
+    " OR (app_version IS NULL AND route >= :fresh_from AND route < :fresh_to)"
+    " OR app_version = :version"
+    " OR (app_version IS NOT NULL AND app_version NOT IN (SELECT value FROM json_each(:live))))"
+    " ORDER BY due_at LIMIT :limit"
 )
 CLAIM_RUN = (
     "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires = ?, due_at = ?,"
     " wake_at = NULL, wait_reason = NULL, updated_at = ?, heartbeat_at = ?,"
-    " started_at = coalesce(started_at, ?) WHERE id = ?"
-    f" RETURNING {RUN_COLUMNS}"
+    " started_at = coalesce(started_at, ?), app_version = coalesce(?, app_version)"
+    f" WHERE id = ? RETURNING {RUN_COLUMNS}"
+)
+UPSERT_NODE = (
+    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    " last_seen = excluded.last_seen, canary_share = excluded.canary_share"
+)
+DELETE_NODE = "DELETE FROM nodes WHERE id = ?"
+SELECT_NODES = (
+    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen FROM nodes"
+    " ORDER BY started_at, id"
+)
+VERSION_SUMMARY = (
+    "SELECT app_version, status, count(*) FROM runs GROUP BY app_version, status"
+    " ORDER BY app_version, status"
 )
 SELECT_STEPS = f"SELECT {', '.join(STEP_FIELDS)} FROM steps WHERE run_id = ?"
 SELECT_ATTEMPTS = (
@@ -286,6 +305,7 @@ class SQLiteStore:
                     new.not_before,
                     now,
                     now,
+                    new.route,
                 ),
             )
             run = run_from_row(conn.execute(SELECT_RUN, (new.id,)).fetchone())
@@ -350,15 +370,25 @@ class SQLiteStore:
         limit: int,
         now: float,
         lease_ttl: float,
+        routing: Routing | None = None,
     ) -> list[Claimed]:
         expires = now + lease_ttl
+        version = None if routing is None else routing.version
+        params = {
+            "now": now,
+            "agents": dumps(list(agents)),
+            "version": version,
+            "fresh_from": 0.0 if routing is None else routing.fresh[0],
+            "fresh_to": 1.0 if routing is None else routing.fresh[1],
+            "live": dumps([] if routing is None else list(routing.live_versions)),
+            "limit": limit,
+        }
 
         def op(conn: sqlite3.Connection) -> list[Claimed]:
-            due = conn.execute(SELECT_DUE, (now, dumps(list(agents)), limit)).fetchall()
             claimed = []
-            for run_id, status in due:
+            for run_id, status, previous in conn.execute(SELECT_DUE, params).fetchall():
                 row = conn.execute(
-                    CLAIM_RUN, (owner, expires, expires, now, now, now, run_id)
+                    CLAIM_RUN, (owner, expires, expires, now, now, now, version, run_id)
                 ).fetchone()
                 run = run_from_row(row)
                 recovered = status == RunStatus.RUNNING
@@ -367,7 +397,8 @@ class SQLiteStore:
                         INSERT_INCIDENT,
                         (run_id, run.agent, "recovered", "lease expired; resumed", now),
                     )
-                claimed.append(Claimed(run, _history(conn, run_id, run.attempt), recovered))
+                history = _history(conn, run_id, run.attempt)
+                claimed.append(Claimed(run, history, recovered, previous))
             return claimed
 
         return await self._write.submit(op)
@@ -549,6 +580,36 @@ class SQLiteStore:
             )
 
         await self._write.submit(op)
+
+    # -- nodes and versions -----------------------------------------------------------------
+
+    async def register_node(self, node: NodeInfo) -> None:
+        values = (
+            node.id,
+            node.app,
+            node.version,
+            node.canary_share,
+            node.hostname,
+            node.pid,
+            node.started_at,
+            node.last_seen,
+        )
+        await self._write.submit(lambda conn: conn.execute(UPSERT_NODE, values))
+
+    async def remove_node(self, node_id: str) -> None:
+        await self._write.submit(lambda conn: conn.execute(DELETE_NODE, (node_id,)))
+
+    async def list_nodes(self) -> list[NodeInfo]:
+        rows = await self._read(lambda c: c.execute(SELECT_NODES).fetchall())
+        return [_node(row) for row in rows]
+
+    async def version_summary(self) -> list[tuple[str | None, str, int]]:
+        rows = await self._read(lambda c: c.execute(VERSION_SUMMARY).fetchall())
+        return [(row[0], row[1], row[2]) for row in rows]
+
+
+def _node(row: tuple[Any, ...]) -> NodeInfo:
+    return NodeInfo(*row)
 
 
 def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
