@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -11,6 +12,7 @@ from nonstop.context import checksum
 from nonstop.errors import RunNotFound, StoreError
 from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus
 from nonstop.store import LeaseLost, NewRun, Store
+from nonstop.store.base import NodeInfo, Routing
 
 from .conftest import StoreFactory
 
@@ -375,5 +377,61 @@ def test_reopening_applies_no_migration_twice(store_url: str, runner: asyncio.Ru
             await s.open()
             await s.create_run(new("r1"), T0)
             await s.close()
+
+    runner.run(go())
+
+
+def test_routing_splits_fresh_runs_and_keeps_versions_apart(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        for i, route in enumerate([0.1, 0.2, 0.6, 0.9]):
+            await store.create_run(NewRun(f"f{i}", "a", {}, route=route), T0)
+        canary = Routing("v2", (0.0, 0.25), ("v1", "v2"))
+        got = await store.claim_runs(
+            "c", agents=AGENTS, limit=9, now=T0, lease_ttl=1, routing=canary
+        )
+        assert sorted(c.run.id for c in got) == ["f0", "f1"]
+        assert {c.run.app_version for c in got} == {"v2"}  # the version that runs it
+        assert {c.previous_version for c in got} == {None}
+        stable = Routing("v1", (0.25, 1.0), ("v1", "v2"))
+        got = await store.claim_runs(
+            "s", agents=AGENTS, limit=9, now=T0, lease_ttl=1, routing=stable
+        )
+        assert sorted(c.run.id for c in got) == ["f2", "f3"]
+        # leases lapse; v2 is alive, so v1 leaves its runs alone and takes back its own
+        got = await store.claim_runs(
+            "s", agents=AGENTS, limit=9, now=T0 + 5, lease_ttl=1, routing=stable
+        )
+        assert sorted(c.run.id for c in got) == ["f2", "f3"]
+        # once no v2 node is alive, v1 adopts v2's runs and is told where they came from
+        alone = Routing("v1", (0.0, 1.0), ("v1",))
+        got = await store.claim_runs(
+            "s", agents=AGENTS, limit=9, now=T0 + 10, lease_ttl=1, routing=alone
+        )
+        assert sorted((c.run.id, c.previous_version) for c in got) == [
+            ("f0", "v2"),
+            ("f1", "v2"),
+            ("f2", "v1"),
+            ("f3", "v1"),
+        ]
+        summary = await store.version_summary()
+        assert summary == [("v1", "running", 4)]
+
+    runner.run(go())
+
+
+def test_nodes_register_refresh_and_leave(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        first = NodeInfo("n1", "app", "v1", 0.0, "host", 10, T0, T0)
+        await store.register_node(first)
+        await store.register_node(NodeInfo("n2", "app", "v2", 0.2, "host", 11, T0 + 1, T0 + 1))
+        await store.register_node(replace(first, last_seen=T0 + 9))
+        assert await store.list_nodes() == [
+            replace(first, last_seen=T0 + 9),
+            NodeInfo("n2", "app", "v2", 0.2, "host", 11, T0 + 1, T0 + 1),
+        ]
+        await store.remove_node("n2")
+        assert [n.id for n in await store.list_nodes()] == ["n1"]
 
     runner.run(go())
