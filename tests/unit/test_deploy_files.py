@@ -1,0 +1,68 @@
+"""The deployment files say what the runtime needs: probes, drain time, resources."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def documents(name: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "kubernetes" / name).read_text()) if d]
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    assert len(containers) == 1
+    return containers[0]
+
+
+def option(args: list[str], name: str) -> float:
+    return float(args[args.index(name) + 1])
+
+
+def test_every_kustomization_resource_exists() -> None:
+    (kustomization,) = documents("kustomization.yaml")
+    for resource in kustomization["resources"]:
+        assert (DEPLOY / "kubernetes" / resource).is_file(), resource
+
+
+def test_deployments_have_the_probes_the_node_serves() -> None:
+    for name in ("deployment.yaml", "canary.yaml"):
+        (deployment,) = documents(name)
+        assert deployment["kind"] == "Deployment"
+        spec = container(deployment)
+        paths = {
+            probe: spec[probe]["httpGet"]["path"]
+            for probe in ("startupProbe", "livenessProbe", "readinessProbe")
+        }
+        assert paths == {
+            "startupProbe": "/healthz/startup",
+            "livenessProbe": "/healthz/live",
+            "readinessProbe": "/healthz/ready",
+        }
+        assert spec["resources"]["requests"]["memory"] and spec["resources"]["limits"]["memory"]
+        assert spec["lifecycle"]["preStop"]["exec"]["command"]
+
+
+def test_kubernetes_waits_longer_than_the_drain() -> None:
+    for name in ("deployment.yaml", "canary.yaml"):
+        (deployment,) = documents(name)
+        spec = container(deployment)
+        grace = option(spec["args"], "--grace-period")
+        pre_stop = float(spec["lifecycle"]["preStop"]["exec"]["command"][-1])
+        termination = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert termination > grace + pre_stop
+
+
+def test_database_and_token_come_from_the_secret() -> None:
+    (deployment,) = documents("deployment.yaml")
+    env = {e["name"]: e for e in container(deployment)["env"]}
+    for name in ("NONSTOP_DATABASE_URL", "NONSTOP_API_TOKEN"):
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"] == "nonstop"
+    (secret,) = documents("secret.example.yaml")
+    assert secret["stringData"]["database-url"].startswith("postgresql://")
+    assert deployment["spec"]["replicas"] >= 2  # many nodes share the work
