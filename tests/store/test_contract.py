@@ -291,11 +291,18 @@ def test_leases_renew_expire_and_release(store: Store, runner: asyncio.Runner) -
         assert await store.claim_runs("n2", agents=AGENTS, limit=5, now=T0 + 15, lease_ttl=10) != []
         # only the third run was free; n1's renewed leases still hold at T0 + 15
         assert await store.lease_owners() == {"n1", "n2"}
+        await store.create_run(new("queued"), T0 + 15)  # waiting in the queue
         assert await store.expire_leases(["n1"], T0 + 16) == 2
-        recovered = await store.claim_runs("n2", agents=AGENTS, limit=5, now=T0 + 16, lease_ttl=10)
+        assert await store.expire_leases(["n1"], T0 + 16) == 0  # already expired
+        # the dead owner's half-done runs go before the queue
+        recovered = await store.claim_runs("n2", agents=AGENTS, limit=2, now=T0 + 16, lease_ttl=10)
         assert sorted(c.run.id for c in recovered) == sorted(c.run.id for c in claimed)
         assert all(c.recovered for c in recovered)
-        assert await store.release_leases("n2", T0 + 17) == 3
+        assert (
+            len(await store.claim_runs("n2", agents=AGENTS, limit=5, now=T0 + 16, lease_ttl=10))
+            == 1
+        )
+        assert await store.release_leases("n2", T0 + 17) == 4
         runs = await store.list_runs(limit=0)
         assert {r.status for r in runs} == {RunStatus.PENDING}
         assert await store.lease_owners() == set()

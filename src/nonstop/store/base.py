@@ -148,7 +148,8 @@ class Store(Protocol):
         """Extend every lease `owner` holds; return the ids of its runs asked to cancel."""
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
-        """Mark the leases of `owners` (known dead) expired so their runs are due now."""
+        """Expire the live leases of `owners` (known dead): their runs become due before any
+        run waiting in the queue. Returns how many leases were expired (0 when already so)."""
 
     async def lease_owners(self) -> set[str]:
         """Owners currently holding at least one lease."""

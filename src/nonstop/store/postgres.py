@@ -105,9 +105,10 @@ RENEW_LEASES = (
     "UPDATE runs SET lease_expires = %s, due_at = %s WHERE lease_owner = %s"
     " AND status = 'running' RETURNING id, cancel_requested"
 )
+# due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
-    "UPDATE runs SET lease_expires = %s, due_at = %s WHERE status = 'running'"
-    " AND lease_owner = ANY(%s)"
+    "UPDATE runs SET lease_expires = %(now)s, due_at = 0 WHERE status = 'running'"
+    " AND lease_expires > %(now)s AND lease_owner = ANY(%(owners)s)"
 )
 SELECT_LEASE_OWNERS = "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
 RELEASE_LEASES = (
@@ -410,7 +411,7 @@ class PostgresStore:
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         async with self._tx() as conn:
-            cursor = await conn.execute(EXPIRE_LEASES, (now, now, list(owners)))
+            cursor = await conn.execute(EXPIRE_LEASES, {"now": now, "owners": list(owners)})
             if cursor.rowcount:
                 await conn.execute(NOTIFY)
             return cursor.rowcount

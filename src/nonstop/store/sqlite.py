@@ -97,9 +97,10 @@ RENEW_LEASES = (
     "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
     " RETURNING id, cancel_requested"
 )
+# due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
-    "UPDATE runs SET lease_expires = ?, due_at = ? WHERE status = 'running'"
-    " AND lease_owner IN (SELECT value FROM json_each(?))"
+    "UPDATE runs SET lease_expires = :now, due_at = 0 WHERE status = 'running'"
+    " AND lease_expires > :now AND lease_owner IN (SELECT value FROM json_each(:owners))"
 )
 SELECT_LEASE_OWNERS = "SELECT DISTINCT lease_owner FROM runs WHERE lease_owner IS NOT NULL"
 RELEASE_LEASES = (
@@ -414,7 +415,8 @@ class SQLiteStore:
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         def op(conn: sqlite3.Connection) -> int:
-            return conn.execute(EXPIRE_LEASES, (now, now, dumps(list(owners)))).rowcount
+            params = {"now": now, "owners": dumps(list(owners))}
+            return conn.execute(EXPIRE_LEASES, params).rowcount
 
         expired: int = await self._write.submit(op)
         if expired:
