@@ -138,7 +138,10 @@ class Runtime:
                 return run
             if deadline is not None and time.monotonic() >= deadline:
                 raise TimeoutError(f"run {run_id} is still {run.status} after {timeout}s")
-            await asyncio.sleep(pause)
+            if self.executor is not None:  # executed here: woken as soon as it rests
+                await self.executor.wait_settled(run_id, pause)
+            else:  # executed elsewhere: poll
+                await asyncio.sleep(pause)
             pause = min(pause * 1.5, 0.2)
 
 

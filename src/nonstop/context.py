@@ -44,6 +44,10 @@ INLINE_RETRY_WAIT = 1.0
 """Retry waits up to this many seconds keep the run in memory; longer ones park it durably.
 Either way the retry time is recorded first, so a restart neither retries early nor forgets."""
 
+BEAT_EVERY = 1.0
+"""Seconds between heartbeats written for step completions (each step is a beat, but
+writing the run's row at every step would double the cost of a fast step)."""
+
 _current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "nonstop_idempotency_key", default=None
 )
@@ -115,6 +119,7 @@ class Context:
         self._owner = owner
         self._threads = threads
         self._seq = 0
+        self._beat_written = time.time()  # the claim itself recorded a heartbeat
         self.fatal: BaseException | None = None  # replay error the handler must not swallow
         self.cancel_requested = False
         self.abandoned = False
@@ -277,7 +282,11 @@ class Context:
             started_at=started,
             finished_at=time.time(),
         )
-        if await self._durably(self._store.record_step(self._owner, record)):
+        # A step is a heartbeat; writing it to the run's row once a second is enough.
+        beat = record.finished_at - self._beat_written >= BEAT_EVERY
+        if beat:
+            self._beat_written = record.finished_at
+        if await self._durably(self._store.record_step(self._owner, record, beat=beat)):
             self.cancel_requested = True
 
     async def _durably(self, write: Awaitable[T]) -> T:

@@ -57,7 +57,10 @@ def owner_is_dead(owner: str) -> bool:
     except ValueError:
         return False
     try:
-        return int(psutil.Process(pid).create_time() * 1000) != started
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped: dead
+            return True
+        return int(process.create_time() * 1000) != started
     except psutil.NoSuchProcess:
         return True
     except psutil.Error:
@@ -97,6 +100,7 @@ class Executor:
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
         self._active: dict[str, _Active] = {}
+        self._settled: dict[str, set[asyncio.Future[None]]] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._handler_threads = ThreadPoolExecutor(concurrency, "nonstop-handler")
@@ -107,6 +111,21 @@ class Executor:
     @property
     def active_runs(self) -> int:
         return len(self._active)
+
+    async def wait_settled(self, run_id: str, timeout: float) -> None:
+        """Return when this executor next brings `run_id` to rest (finished, parked,
+        retrying, left), or after `timeout`: callers waiting for a run poll less."""
+        settled = asyncio.get_running_loop().create_future()
+        waiters = self._settled.setdefault(run_id, set())
+        waiters.add(settled)
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await settled
+        finally:
+            waiters.discard(settled)
+            if not waiters:
+                self._settled.pop(run_id, None)
 
     def notify(self) -> None:
         """Something may be due now (a run was started in this process): claim at once."""
@@ -281,6 +300,9 @@ class Executor:
             active.done.set()
             del self._active[run.id]
             self._wakeup.set()
+            for waiter in self._settled.get(run.id, ()):
+                if not waiter.done():
+                    waiter.set_result(None)
 
     async def _drive(self, claimed: Claimed, ctx: Context, active: _Active) -> None:
         run = claimed.run

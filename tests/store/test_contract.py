@@ -162,10 +162,14 @@ def test_steps_are_recorded_once_and_only_by_the_lease_holder(
         with pytest.raises(StoreError, match="already recorded"):
             await store.record_step("n1", record("r1", 1))
         history = await store.load_history("r1")
-        assert list(history.steps) == [1]
         assert history.steps[1] == record("r1", 1)
         run = await store.get_run("r1")
-        assert run is not None and run.heartbeat_at is not None  # a step counts as a beat
+        assert run is not None and run.heartbeat_at == T0 + 0.5  # a step counts as a beat
+        quiet = replace(record("r1", 2), finished_at=T0 + 9)
+        assert await store.record_step("n1", quiet, beat=False) is False
+        run = await store.get_run("r1")
+        assert run is not None and run.heartbeat_at == T0 + 0.5  # recorded, no beat written
+        assert list((await store.load_history("r1")).steps) == [1, 2]
 
     runner.run(go())
 

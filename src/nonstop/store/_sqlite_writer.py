@@ -12,9 +12,10 @@ SQLite's one-writer rule is met inside the process by this queue, and across pro
 batch is retried a moment later from the loop, which never blocks on the lock and never
 shows "database is locked" to anyone.
 
-Each operation of a batch of several runs inside its own SAVEPOINT, so one that fails (a
-lost lease, a constraint) is rolled back alone and reported to its caller while the others
-commit.
+A batch runs inside one SAVEPOINT; if an operation fails (a lost lease, a constraint),
+the batch is rolled back to it and redone with one savepoint per operation, so the failure
+is rolled back alone and reported to its caller while the others commit. Operations are
+pure database work, so running one twice is harmless.
 """
 
 from __future__ import annotations
@@ -131,7 +132,19 @@ class SQLiteWriter:
             except Exception as exc:
                 conn.execute("ROLLBACK")
                 return [(False, exc)]
-        outcomes: list[tuple[bool, Any]] = []
+        # Usually every operation succeeds: one savepoint for all of them is cheaper.
+        conn.execute("SAVEPOINT batch")
+        try:
+            outcomes: list[tuple[bool, Any]] = [(True, op(conn)) for op, _ in batch]
+        except Exception:
+            conn.execute("ROLLBACK TO batch")
+        else:
+            conn.execute("RELEASE batch")
+            return outcomes
+        conn.execute("RELEASE batch")
+        # One failed: redo them one by one, each in its own savepoint, so that the
+        # failure is rolled back alone and the others still commit.
+        outcomes = []
         for op, _ in batch:
             conn.execute("SAVEPOINT op")
             try:

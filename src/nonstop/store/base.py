@@ -162,11 +162,13 @@ class Store(Protocol):
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord) -> bool:
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
         """Commit a step's outcome; return whether the run was asked to cancel.
 
-        The record is written at most once per `(run_id, seq)`; the write counts as a
-        heartbeat. Raises LeaseLost (writing nothing) if `owner` does not hold the run."""
+        The record is written at most once per `(run_id, seq)`. With `beat`, the run's
+        heartbeat time is set to the step's end (callers beat at most every second or so:
+        it is the only per-step write to the run's row). Raises LeaseLost (writing
+        nothing) if `owner` does not hold the run."""
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         """Commit a failed try of a step, with when the next try may start."""

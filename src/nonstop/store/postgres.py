@@ -118,12 +118,19 @@ RELEASE_LEASES = (
 )
 SELECT_NEXT_DUE = "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL AND agent = ANY(%s)"
 # One statement: the lease check, the heartbeat and the insert commit together or not at all.
-RECORD_STEP = (
-    "WITH lease AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running' RETURNING cancel_requested),"
+_RECORD_STEP = (
     f" recorded AS (INSERT INTO steps ({', '.join(STEP_FIELDS)})"
     f" SELECT {_STEP_PARAMS} FROM lease RETURNING 1)"
     " SELECT cancel_requested, (SELECT count(*) FROM recorded) FROM lease"
+)
+RECORD_STEP_AND_BEAT = (
+    "WITH lease AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND lease_owner = %s"
+    " AND status = 'running' RETURNING cancel_requested)," + _RECORD_STEP
+)
+# Without a beat the run's row is only read (no new row version for PostgreSQL to vacuum).
+RECORD_STEP = (
+    "WITH lease AS (SELECT cancel_requested FROM runs WHERE %s::float8 IS NOT NULL"
+    " AND id = %s AND lease_owner = %s AND status = 'running' FOR SHARE)," + _RECORD_STEP
 )
 RECORD_ATTEMPT = (
     "WITH lease AS (SELECT 1 FROM runs WHERE id = %s AND lease_owner = %s"
@@ -435,10 +442,11 @@ class PostgresStore:
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord) -> bool:
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
         params = (record.finished_at, record.run_id, owner, *step_values(record))
+        statement = RECORD_STEP_AND_BEAT if beat else RECORD_STEP
         async with self._tx() as conn:
-            row = await (await conn.execute(RECORD_STEP, params)).fetchone()
+            row = await (await conn.execute(statement, params)).fetchone()
         if row is None:
             raise LeaseLost(f"run {record.run_id} is not held by {owner}")
         return bool(row[0])

@@ -16,6 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -45,6 +46,7 @@ from nonstop.store._rows import (
 from nonstop.store._sqlite_writer import SQLiteWriter
 from nonstop.store.base import Claimed, LeaseLost, NewRun, NodeInfo, Routing
 
+_READ_THREADS = 4
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
@@ -112,9 +114,12 @@ SELECT_NEXT_DUE = (
     "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL"
     " AND agent IN (SELECT value FROM json_each(?))"
 )
-CHECK_LEASE = (
+CHECK_LEASE_AND_BEAT = (
     "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
     " RETURNING cancel_requested"
+)
+CHECK_LEASE = (
+    "SELECT cancel_requested FROM runs WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({', '.join('?' * 9)})"
 INSERT_ATTEMPT = (
@@ -205,6 +210,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._readers: list[sqlite3.Connection] = []
         self._readers_lock = threading.Lock()
+        self._read_pool: ThreadPoolExecutor | None = None
         self._listeners: list[Callable[[], None]] = []
         self._opened = False
 
@@ -238,9 +244,12 @@ class SQLiteStore:
         return conn
 
     async def _read(self, query: Any) -> Any:
-        if not self._opened:
+        """Run `query(conn)` on a reader connection in the store's own read threads (WAL
+        readers never wait for the writer); `close` waits for reads under way."""
+        if not self._opened or self._read_pool is None:
             raise StoreError("the store is closed")
-        return await asyncio.to_thread(lambda: query(self._reader()))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._read_pool, lambda: query(self._reader()))
 
     async def open(self) -> None:
         if self._opened:
@@ -261,6 +270,7 @@ class SQLiteStore:
         # loop); it retries from the loop instead.
         conn.execute("PRAGMA busy_timeout = 0")
         self._writer = SQLiteWriter(conn)
+        self._read_pool = ThreadPoolExecutor(_READ_THREADS, "nonstop-sqlite-read")
         self._opened = True
         now = time.time()
         await self._write.submit(lambda conn: _migrate(conn, now))
@@ -282,6 +292,10 @@ class SQLiteStore:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._read_pool is not None:
+            # a connection closed under a running query crashes the interpreter: wait
+            await asyncio.to_thread(self._read_pool.shutdown, wait=True)
+            self._read_pool = None
         with self._readers_lock:
             for conn in self._readers:
                 conn.close()
@@ -444,9 +458,11 @@ class SQLiteStore:
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord) -> bool:
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
+        beat_at = record.finished_at if beat else None
+
         def op(conn: sqlite3.Connection) -> bool:
-            cancel = _check_lease(conn, record.run_id, owner, record.finished_at)
+            cancel = _check_lease(conn, record.run_id, owner, beat_at)
             _insert_step(conn, record)
             return cancel
 
@@ -454,7 +470,7 @@ class SQLiteStore:
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            _check_lease(conn, attempt.run_id, owner, attempt.finished_at)
+            _check_lease(conn, attempt.run_id, owner, attempt.finished_at)  # a try is a beat
             conn.execute(INSERT_ATTEMPT, attempt_values(attempt))
 
         await self._write.submit(op)
@@ -621,9 +637,15 @@ def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
         raise StoreError(f"step {record.seq} of run {record.run_id} is already recorded") from None
 
 
-def _check_lease(conn: sqlite3.Connection, run_id: str, owner: str, now: float) -> bool:
-    """Raise LeaseLost unless `owner` holds the run; return its cancel flag."""
-    row = conn.execute(CHECK_LEASE, (now, run_id, owner)).fetchone()
+def _check_lease(
+    conn: sqlite3.Connection, run_id: str, owner: str, beat_at: float | None = None
+) -> bool:
+    """Raise LeaseLost unless `owner` holds the run; return its cancel flag. With `beat_at`,
+    also record a heartbeat (writing the run's row, which a mere check avoids)."""
+    if beat_at is None:
+        row = conn.execute(CHECK_LEASE, (run_id, owner)).fetchone()
+    else:
+        row = conn.execute(CHECK_LEASE_AND_BEAT, (beat_at, run_id, owner)).fetchone()
     if row is None:
         raise LeaseLost(f"run {run_id} is not held by {owner}")
     return bool(row[0])
