@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import functools
-import hashlib
 import inspect
 import json
 import time
@@ -29,7 +28,16 @@ from nonstop.errors import (
     StepFailed,
     StepTimeout,
 )
-from nonstop.models import JSON, Attempt, History, Run, RunStatus, StepRecord, StepStatus
+from nonstop.models import (
+    JSON,
+    Attempt,
+    History,
+    Run,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    checksum,
+)
 from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.durations import Duration, optional_seconds, seconds
 from nonstop.policies.retry import NO_RETRY, Retry
@@ -71,12 +79,6 @@ class Interrupt(BaseException):
     def __init__(self, why: str) -> None:
         super().__init__(why)
         self.why = why
-
-
-def checksum(seq: int, name: str, status: str, payload: str) -> str:
-    """Fingerprint of a step record; replay refuses a record whose fingerprint differs."""
-    data = f"{seq}\x1f{name}\x1f{status}\x1f{payload}".encode()
-    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def error_info(exc: BaseException) -> dict[str, JSON]:

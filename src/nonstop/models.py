@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,6 +59,7 @@ class Run:
     app_version: str | None = None
     parent_id: str | None = None
     priority: int = 0
+    scheduled_at: float | None = None  # for scheduled runs: the time it was due to fire
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +75,20 @@ class StepRecord:
     attempts: int
     started_at: float
     finished_at: float
+
+
+def checksum(seq: int, name: str, status: str, payload: str) -> str:
+    """Fingerprint of a step record; replay refuses a record whose fingerprint differs."""
+    data = f"{seq}\x1f{name}\x1f{status}\x1f{payload}".encode()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
+
+
+def completed_step(run_id: str, seq: int, name: str, payload: str, at: float) -> StepRecord:
+    """A step record of an outcome that took no time to produce (a timer, a signal)."""
+    status = StepStatus.COMPLETED
+    return StepRecord(
+        run_id, seq, name, status, payload, checksum(seq, name, status, payload), 1, at, at
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,3 +121,24 @@ class Incident:
     kind: str  # recovered, timeout, non_determinism, corrupt_checkpoint, ...
     detail: str
     at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """A stored event: each agent subscribed to its topic runs once for it."""
+
+    id: str
+    topic: str
+    payload: dict[str, JSON]
+    created_at: float
+    dispatched_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScheduleState:
+    """What the store remembers of an agent's schedule, so fires survive restarts."""
+
+    agent: str
+    spec: str
+    anchor_at: float  # when the schedule was first seen: nothing before it is "missed"
+    last_fire_at: float | None  # the latest scheduled time fired so far

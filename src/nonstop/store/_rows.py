@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from nonstop.models import JSON, Attempt, Run, RunStatus, StepRecord, StepStatus
+from nonstop.models import JSON, Attempt, Event, Run, RunStatus, StepRecord, StepStatus
+
+if TYPE_CHECKING:
+    from nonstop.store.base import NewRun
 
 RUN_FIELDS = (
     "id", "agent", "status", "input", "output", "error", "attempt", "priority",
     "app_version", "parent_id", "wake_at", "wait_reason", "lease_owner", "lease_expires",
     "cancel_requested", "heartbeat_at", "heartbeat", "created_at", "updated_at",
-    "started_at", "finished_at",
+    "started_at", "finished_at", "scheduled_at",
 )  # fmt: skip
 STEP_FIELDS = (
     "run_id", "seq", "name", "status", "payload", "checksum", "attempts", "started_at",
@@ -58,6 +61,32 @@ def run_from_row(row: Row) -> Run:
         updated_at=row[18],
         started_at=row[19],
         finished_at=row[20],
+        scheduled_at=row[21],
+    )
+
+
+NEW_RUN_FIELDS = (
+    "id", "agent", "input", "priority", "app_version", "parent_id", "due_at", "wake_at",
+    "created_at", "updated_at", "route", "scheduled_at",
+)  # fmt: skip
+
+
+def new_run_values(new: NewRun, now: float) -> Row:
+    """Parameters in `NEW_RUN_FIELDS` order for inserting a `pending` run."""
+    due = now if new.not_before is None else max(now, new.not_before)
+    return (
+        new.id,
+        new.agent,
+        dumps(new.input),
+        new.priority,
+        new.app_version,
+        new.parent_id,
+        due,
+        new.not_before,
+        now,
+        now,
+        new.route,
+        new.scheduled_at,
     )
 
 
@@ -116,4 +145,14 @@ def attempt_values(attempt: Attempt) -> Row:
         attempt.started_at,
         attempt.finished_at,
         attempt.retry_at,
+    )
+
+
+def event_from_row(row: Row) -> Event:
+    return Event(
+        id=row[0],
+        topic=row[1],
+        payload=json.loads(row[2]),
+        created_at=row[3],
+        dispatched_at=row[4],
     )

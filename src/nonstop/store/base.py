@@ -18,7 +18,17 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from nonstop.errors import NonstopError
-from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
+from nonstop.models import (
+    JSON,
+    Attempt,
+    Event,
+    History,
+    Incident,
+    Run,
+    RunStatus,
+    ScheduleState,
+    StepRecord,
+)
 
 
 class LeaseLost(NonstopError):
@@ -36,6 +46,7 @@ class NewRun:
     priority: int = 0
     not_before: float | None = None  # the run is not claimable before this time
     route: float = field(default_factory=random.random)  # canary routing of fresh runs
+    scheduled_at: float | None = None  # a schedule's fire: the time it was due
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,9 +199,16 @@ class Store(Protocol):
         reason: str,
         now: float,
         record: StepRecord | None = None,
+        wake_on_signal: str | None = None,
+        wake_on_children_since: float | None = None,
     ) -> None:
         """Release the lease and park the run (`sleeping`, `waiting`, `pending` or `paused`)
-        until `wake_at`, committing `record` in the same transaction when given."""
+        until `wake_at`, committing `record` in the same transaction when given.
+
+        A run parked to wait for a signal (`wake_on_signal`) or for its children
+        (`wake_on_children_since`: the time it last looked at them) is due at once if the
+        signal is already there or a child finished since: no wake-up falls between the
+        look and the park."""
 
     async def retry_run(
         self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
@@ -209,7 +227,8 @@ class Store(Protocol):
         output: JSON = None,
         error: dict[str, JSON] | None = None,
     ) -> None:
-        """Move the run to a final status (`completed`, `dead`, `cancelled`) and release it."""
+        """Move the run to a final status (`completed`, `dead`, `cancelled`) and release it.
+        A waiting parent run is woken (made due) in the same transaction."""
 
     # -- operator verbs -------------------------------------------------------------------
 
@@ -228,6 +247,38 @@ class Store(Protocol):
 
     async def add_incident(self, incident: Incident) -> None:
         """Append to the incident log."""
+
+    # -- signals, children, events, schedules ---------------------------------------------
+
+    async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> Run:
+        """Keep a signal for the run (consumed by its next `wait_for(name)`, even one that
+        comes later) and wake the run if it waits. Raises RunNotFound, or InvalidState for
+        a finished run."""
+
+    async def receive_signal(
+        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+    ) -> str | None:
+        """Consume the oldest kept signal `name` of the run and record its payload as step
+        `seq`, in one transaction; None (changing nothing) when there is none."""
+
+    async def list_children(self, parent_id: str) -> list[Run]:
+        """Runs started by `ctx.call`/`ctx.map` of the run, oldest first."""
+
+    async def create_event(self, event_id: str, topic: str, payload: str, now: float) -> bool:
+        """Store an event (idempotent by id); True if this call stored it."""
+
+    async def pending_events(self, limit: int) -> list[Event]:
+        """Events not yet dispatched to their subscribers, oldest first."""
+
+    async def mark_dispatched(self, event_ids: Sequence[str], now: float) -> None:
+        """Mark events as dispatched (their runs exist)."""
+
+    async def load_schedules(self) -> list[ScheduleState]:
+        """The remembered state of every schedule."""
+
+    async def save_schedule(self, state: ScheduleState, now: float) -> None:
+        """Insert or advance a schedule's state: the first anchor is kept, and the last
+        fire time only moves forward (two nodes firing the same time agree)."""
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -18,16 +18,30 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from nonstop.errors import InvalidState, RunNotFound, StoreError, StoreUnavailable
-from nonstop.models import JSON, Attempt, History, Incident, Run, RunStatus, StepRecord
+from nonstop.models import (
+    JSON,
+    Attempt,
+    Event,
+    History,
+    Incident,
+    Run,
+    RunStatus,
+    ScheduleState,
+    StepRecord,
+    completed_step,
+)
 from nonstop.observe.logging import get_logger
 from nonstop.store import migrations
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
+    NEW_RUN_FIELDS,
     RUN_FIELDS,
     STEP_FIELDS,
     attempt_from_row,
     attempt_values,
     dumps,
+    event_from_row,
+    new_run_values,
     run_from_row,
     step_from_row,
     step_values,
@@ -55,9 +69,8 @@ _STEP_PARAMS = ", ".join(["%s"] * len(STEP_FIELDS))
 _ATTEMPT_PARAMS = ", ".join(["%s"] * len(ATTEMPT_FIELDS))
 
 INSERT_RUN = (
-    "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
-    " due_at, wake_at, created_at, updated_at, route)"
-    " VALUES (%s, %s, 'pending', %s, 1, %s, %s, %s, %s, %s, %s, %s, %s)"
+    f"INSERT INTO runs (status, {', '.join(NEW_RUN_FIELDS)})"
+    f" VALUES ('pending', {', '.join(['%s'] * len(NEW_RUN_FIELDS))})"
     f" ON CONFLICT (id) DO NOTHING RETURNING {RUN_COLUMNS}"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = %s"
@@ -145,9 +158,42 @@ HEARTBEAT = (
     " AND status = 'running' RETURNING cancel_requested"
 )
 PARK_RUN = (
-    "UPDATE runs SET status = %s, lease_owner = NULL, lease_expires = NULL, due_at = %s,"
-    " wake_at = %s, wait_reason = %s, updated_at = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running'"
+    "UPDATE runs SET status = %(status)s, lease_owner = NULL, lease_expires = NULL,"
+    " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = %(id)s"
+    "   AND name = %(signal)s AND consumed_at IS NULL)"
+    " OR EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = %(id)s"
+    "   AND c.finished_at >= %(since)s)"
+    " THEN %(now)s ELSE %(wake_at)s END,"
+    " wake_at = %(wake_at)s, wait_reason = %(reason)s, updated_at = %(now)s"
+    " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running'"
+)
+WAKE_PARENT = (
+    "UPDATE runs SET due_at = %s WHERE status = 'waiting'"
+    " AND id = (SELECT parent_id FROM runs WHERE id = %s)"
+)
+INSERT_SIGNAL = "INSERT INTO signals (run_id, name, payload, created_at) VALUES (%s, %s, %s, %s)"
+WAKE_WAITING = "UPDATE runs SET due_at = %s WHERE id = %s AND status = 'waiting'"
+TAKE_SIGNAL = (
+    "UPDATE signals SET consumed_at = %s, consumed_seq = %s WHERE id = ("
+    " SELECT id FROM signals WHERE run_id = %s AND name = %s AND consumed_at IS NULL"
+    " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING payload"
+)
+SELECT_CHILDREN = f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_id = %s ORDER BY created_at, id"
+INSERT_EVENT = (
+    "INSERT INTO events (id, topic, payload, created_at) VALUES (%s, %s, %s, %s)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+SELECT_PENDING_EVENTS = (
+    "SELECT id, topic, payload, created_at, dispatched_at FROM events"
+    " WHERE dispatched_at IS NULL ORDER BY created_at, id LIMIT %s"
+)
+MARK_DISPATCHED = "UPDATE events SET dispatched_at = %s WHERE id = ANY(%s)"
+SELECT_SCHEDULES = "SELECT agent, spec, anchor_at, last_fire_at FROM schedules ORDER BY agent"
+SAVE_SCHEDULE = (
+    "INSERT INTO schedules (agent, spec, anchor_at, last_fire_at, updated_at)"
+    " VALUES (%(agent)s, %(spec)s, %(anchor)s, %(last)s, %(now)s) ON CONFLICT (agent) DO UPDATE"
+    " SET spec = excluded.spec, updated_at = excluded.updated_at,"
+    " last_fire_at = greatest(schedules.last_fire_at, excluded.last_fire_at)"
 )
 RETRY_RUN = (
     "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = %s,"
@@ -304,20 +350,7 @@ class PostgresStore:
     # -- runs -------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun, now: float) -> tuple[Run, bool]:
-        due = now if new.not_before is None else max(now, new.not_before)
-        params = (
-            new.id,
-            new.agent,
-            dumps(new.input),
-            new.priority,
-            new.app_version,
-            new.parent_id,
-            due,
-            new.not_before,
-            now,
-            now,
-            new.route,
-        )
+        params = new_run_values(new, now)
         async with self._tx() as conn:
             row = await (await conn.execute(INSERT_RUN, params)).fetchone()
             if row is not None:
@@ -478,8 +511,19 @@ class PostgresStore:
         reason: str,
         now: float,
         record: StepRecord | None = None,
+        wake_on_signal: str | None = None,
+        wake_on_children_since: float | None = None,
     ) -> None:
-        params = (str(status), wake_at, wake_at, reason, now, run_id, owner)
+        params = {
+            "status": str(status),
+            "id": run_id,
+            "signal": wake_on_signal,
+            "since": wake_on_children_since,
+            "now": now,
+            "wake_at": wake_at,
+            "reason": reason,
+            "owner": owner,
+        }
         async with self._tx() as conn:
             cursor = await conn.execute(PARK_RUN, params)
             if cursor.rowcount != 1:
@@ -516,6 +560,8 @@ class PostgresStore:
             )
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
+            if (await conn.execute(WAKE_PARENT, (now, run_id))).rowcount:
+                await conn.execute(NOTIFY)
 
     # -- operator verbs -------------------------------------------------------------------
 
@@ -524,6 +570,8 @@ class PostgresStore:
             cursor = await conn.execute(CANCEL_IDLE_RUN, (now, now, run_id))
             if cursor.rowcount == 0:
                 await conn.execute(FLAG_CANCEL, (now, run_id))
+            elif (await conn.execute(WAKE_PARENT, (now, run_id))).rowcount:
+                await conn.execute(NOTIFY)
             row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")
@@ -561,6 +609,76 @@ class PostgresStore:
                 INSERT_INCIDENT,
                 (incident.run_id, incident.agent, incident.kind, incident.detail, incident.at),
             )
+
+    # -- signals, children, events, schedules ---------------------------------------------
+
+    async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> Run:
+        async with self._tx() as conn:
+            row = await (await conn.execute(SELECT_RUN + " FOR UPDATE", (run_id,))).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            run = run_from_row(row)
+            if run.status.finished:
+                raise InvalidState(f"run {run_id} is {run.status}: it takes no signals")
+            await conn.execute(INSERT_SIGNAL, (run_id, name, payload, now))
+            if (await conn.execute(WAKE_WAITING, (now, run_id))).rowcount:
+                await conn.execute(NOTIFY)
+        return run
+
+    async def receive_signal(
+        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+    ) -> str | None:
+        async with self._tx() as conn:
+            lease = await conn.execute(
+                "SELECT 1 FROM runs WHERE id = %s AND lease_owner = %s AND status = 'running'",
+                (run_id, owner),
+            )
+            if await lease.fetchone() is None:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            row = await (await conn.execute(TAKE_SIGNAL, (now, seq, run_id, name))).fetchone()
+            if row is None:
+                return None
+            payload = str(row[0])
+            record = completed_step(run_id, seq, step_name, payload, now)
+            await conn.execute(INSERT_STEP, step_values(record))
+        return payload
+
+    async def list_children(self, parent_id: str) -> list[Run]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_CHILDREN, (parent_id,))).fetchall()
+        return [run_from_row(row) for row in rows]
+
+    async def create_event(self, event_id: str, topic: str, payload: str, now: float) -> bool:
+        async with self._tx() as conn:
+            cursor = await conn.execute(INSERT_EVENT, (event_id, topic, payload, now))
+            if cursor.rowcount:
+                await conn.execute(NOTIFY)
+        return cursor.rowcount == 1
+
+    async def pending_events(self, limit: int) -> list[Event]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_PENDING_EVENTS, (limit,))).fetchall()
+        return [event_from_row(row) for row in rows]
+
+    async def mark_dispatched(self, event_ids: Sequence[str], now: float) -> None:
+        async with self._tx() as conn:
+            await conn.execute(MARK_DISPATCHED, (now, list(event_ids)))
+
+    async def load_schedules(self) -> list[ScheduleState]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_SCHEDULES)).fetchall()
+        return [ScheduleState(*row) for row in rows]
+
+    async def save_schedule(self, state: ScheduleState, now: float) -> None:
+        params = {
+            "agent": state.agent,
+            "spec": state.spec,
+            "anchor": state.anchor_at,
+            "last": state.last_fire_at,
+            "now": now,
+        }
+        async with self._tx() as conn:
+            await conn.execute(SAVE_SCHEDULE, params)
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -25,20 +25,26 @@ from nonstop.errors import ConfigError, InvalidState, RunNotFound, StoreError
 from nonstop.models import (
     JSON,
     Attempt,
+    Event,
     History,
     Incident,
     Run,
     RunStatus,
+    ScheduleState,
     StepRecord,
+    completed_step,
 )
 from nonstop.store import migrations
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
+    NEW_RUN_FIELDS,
     RUN_FIELDS,
     STEP_FIELDS,
     attempt_from_row,
     attempt_values,
     dumps,
+    event_from_row,
+    new_run_values,
     run_from_row,
     step_from_row,
     step_values,
@@ -52,9 +58,8 @@ _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 RUN_COLUMNS = ", ".join(RUN_FIELDS)
 
 INSERT_RUN = (
-    "INSERT INTO runs (id, agent, status, input, attempt, priority, app_version, parent_id,"
-    " due_at, wake_at, created_at, updated_at, route)"
-    " VALUES (?, ?, 'pending', ?, 1, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING"
+    f"INSERT INTO runs (status, {', '.join(NEW_RUN_FIELDS)})"
+    f" VALUES ('pending', {', '.join('?' * len(NEW_RUN_FIELDS))}) ON CONFLICT (id) DO NOTHING"
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 SELECT_DUE = (
@@ -130,9 +135,43 @@ HEARTBEAT = (
     " AND status = 'running' RETURNING cancel_requested"
 )
 PARK_RUN = (
-    "UPDATE runs SET status = ?, lease_owner = NULL, lease_expires = NULL, due_at = ?,"
-    " wake_at = ?, wait_reason = ?, updated_at = ? WHERE id = ? AND lease_owner = ?"
-    " AND status = 'running'"
+    "UPDATE runs SET status = :status, lease_owner = NULL, lease_expires = NULL,"
+    " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = :id"
+    "   AND name = :signal AND consumed_at IS NULL)"
+    " OR EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = :id AND c.finished_at >= :since)"
+    " THEN :now ELSE :wake_at END,"
+    " wake_at = :wake_at, wait_reason = :reason, updated_at = :now"
+    " WHERE id = :id AND lease_owner = :owner AND status = 'running'"
+)
+WAKE_PARENT = (
+    "UPDATE runs SET due_at = ? WHERE status = 'waiting'"
+    " AND id = (SELECT parent_id FROM runs WHERE id = ?)"
+)
+INSERT_SIGNAL = "INSERT INTO signals (run_id, name, payload, created_at) VALUES (?, ?, ?, ?)"
+WAKE_WAITING = "UPDATE runs SET due_at = ? WHERE id = ? AND status = 'waiting'"
+SELECT_SIGNAL = (
+    "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed_at IS NULL"
+    " ORDER BY id LIMIT 1"
+)
+CONSUME_SIGNAL = "UPDATE signals SET consumed_at = ?, consumed_seq = ? WHERE id = ?"
+SELECT_CHILDREN = f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id"
+INSERT_EVENT = (
+    "INSERT INTO events (id, topic, payload, created_at) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (id) DO NOTHING"
+)
+SELECT_PENDING_EVENTS = (
+    "SELECT id, topic, payload, created_at, dispatched_at FROM events"
+    " WHERE dispatched_at IS NULL ORDER BY created_at, id LIMIT ?"
+)
+MARK_DISPATCHED = "UPDATE events SET dispatched_at = ? WHERE id IN (SELECT value FROM json_each(?))"
+SELECT_SCHEDULES = "SELECT agent, spec, anchor_at, last_fire_at FROM schedules ORDER BY agent"
+SAVE_SCHEDULE = (
+    "INSERT INTO schedules (agent, spec, anchor_at, last_fire_at, updated_at)"
+    " VALUES (:agent, :spec, :anchor, :last, :now) ON CONFLICT (agent) DO UPDATE SET"
+    " spec = excluded.spec, updated_at = excluded.updated_at,"
+    " last_fire_at = CASE WHEN schedules.last_fire_at IS NULL"
+    "   OR excluded.last_fire_at > schedules.last_fire_at"
+    "   THEN excluded.last_fire_at ELSE schedules.last_fire_at END"
 )
 RETRY_RUN = (
     "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = ?, lease_owner = NULL,"
@@ -304,25 +343,10 @@ class SQLiteStore:
     # -- runs -------------------------------------------------------------------------
 
     async def create_run(self, new: NewRun, now: float) -> tuple[Run, bool]:
-        due = now if new.not_before is None else max(now, new.not_before)
+        values = new_run_values(new, now)
 
         def op(conn: sqlite3.Connection) -> tuple[Run, bool]:
-            cursor = conn.execute(
-                INSERT_RUN,
-                (
-                    new.id,
-                    new.agent,
-                    dumps(new.input),
-                    new.priority,
-                    new.app_version,
-                    new.parent_id,
-                    due,
-                    new.not_before,
-                    now,
-                    now,
-                    new.route,
-                ),
-            )
+            cursor = conn.execute(INSERT_RUN, values)
             run = run_from_row(conn.execute(SELECT_RUN, (new.id,)).fetchone())
             return run, cursor.rowcount == 1
 
@@ -498,14 +522,24 @@ class SQLiteStore:
         reason: str,
         now: float,
         record: StepRecord | None = None,
+        wake_on_signal: str | None = None,
+        wake_on_children_since: float | None = None,
     ) -> None:
+        params = {
+            "status": str(status),
+            "id": run_id,
+            "signal": wake_on_signal,
+            "since": wake_on_children_since,
+            "now": now,
+            "wake_at": wake_at,
+            "reason": reason,
+            "owner": owner,
+        }
+
         def op(conn: sqlite3.Connection) -> None:
             if record is not None:
                 _insert_step(conn, record)
-            cursor = conn.execute(
-                PARK_RUN, (str(status), wake_at, wake_at, reason, now, run_id, owner)
-            )
-            if cursor.rowcount != 1:
+            if conn.execute(PARK_RUN, params).rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
 
         await self._write.submit(op)
@@ -542,6 +576,7 @@ class SQLiteStore:
             cursor = conn.execute(FINISH_RUN, (str(status), out, err, now, now, run_id, owner))
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
+            conn.execute(WAKE_PARENT, (now, run_id))
 
         await self._write.submit(op)
 
@@ -551,6 +586,8 @@ class SQLiteStore:
         def op(conn: sqlite3.Connection) -> Run:
             if conn.execute(CANCEL_IDLE_RUN, (now, now, run_id)).rowcount == 0:
                 conn.execute(FLAG_CANCEL, (now, run_id))
+            else:
+                conn.execute(WAKE_PARENT, (now, run_id))
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
@@ -598,6 +635,74 @@ class SQLiteStore:
             )
 
         await self._write.submit(op)
+
+    # -- signals, children, events, schedules ---------------------------------------------
+
+    async def send_signal(self, run_id: str, name: str, payload: str, now: float) -> Run:
+        def op(conn: sqlite3.Connection) -> Run:
+            row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            run = run_from_row(row)
+            if run.status.finished:
+                raise InvalidState(f"run {run_id} is {run.status}: it takes no signals")
+            conn.execute(INSERT_SIGNAL, (run_id, name, payload, now))
+            conn.execute(WAKE_WAITING, (now, run_id))
+            return run
+
+        run: Run = await self._write.submit(op)
+        self._announce()
+        return run
+
+    async def receive_signal(
+        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+    ) -> str | None:
+        def op(conn: sqlite3.Connection) -> str | None:
+            _check_lease(conn, run_id, owner)
+            found = conn.execute(SELECT_SIGNAL, (run_id, name)).fetchone()
+            if found is None:
+                return None
+            signal_id, payload = found
+            conn.execute(CONSUME_SIGNAL, (now, seq, signal_id))
+            _insert_step(conn, completed_step(run_id, seq, step_name, payload, now))
+            return str(payload)
+
+        return await self._write.submit(op)
+
+    async def list_children(self, parent_id: str) -> list[Run]:
+        rows = await self._read(lambda c: c.execute(SELECT_CHILDREN, (parent_id,)).fetchall())
+        return [run_from_row(row) for row in rows]
+
+    async def create_event(self, event_id: str, topic: str, payload: str, now: float) -> bool:
+        def op(conn: sqlite3.Connection) -> bool:
+            return conn.execute(INSERT_EVENT, (event_id, topic, payload, now)).rowcount == 1
+
+        created: bool = await self._write.submit(op)
+        if created:
+            self._announce()
+        return created
+
+    async def pending_events(self, limit: int) -> list[Event]:
+        rows = await self._read(lambda c: c.execute(SELECT_PENDING_EVENTS, (limit,)).fetchall())
+        return [event_from_row(row) for row in rows]
+
+    async def mark_dispatched(self, event_ids: Sequence[str], now: float) -> None:
+        ids = dumps(list(event_ids))
+        await self._write.submit(lambda conn: conn.execute(MARK_DISPATCHED, (now, ids)))
+
+    async def load_schedules(self) -> list[ScheduleState]:
+        rows = await self._read(lambda c: c.execute(SELECT_SCHEDULES).fetchall())
+        return [ScheduleState(*row) for row in rows]
+
+    async def save_schedule(self, state: ScheduleState, now: float) -> None:
+        params = {
+            "agent": state.agent,
+            "spec": state.spec,
+            "anchor": state.anchor_at,
+            "last": state.last_fire_at,
+            "now": now,
+        }
+        await self._write.submit(lambda conn: conn.execute(SAVE_SCHEDULE, params))
 
     # -- nodes and versions -----------------------------------------------------------------
 
