@@ -32,6 +32,8 @@ from nonstop.executor import Executor
 from nonstop.models import JSON, Run, RunStatus
 from nonstop.policies.durations import Duration, optional_seconds
 from nonstop.policies.retry import Retry
+from nonstop.policies.schedule import Schedule
+from nonstop.scheduler import Scheduler
 from nonstop.store import NewRun, Store, open_store, resolve_url
 
 T = TypeVar("T")
@@ -50,6 +52,9 @@ class Agent:
     is_async: bool
     retry: Retry
     timeout: float | None
+    schedule: Schedule | None = None
+    topics: tuple[str, ...] = ()
+    priority: int = 0
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -100,18 +105,52 @@ class Runtime:
         self.app = app
         self.store = store
         self.executor: Executor | None = None
+        self.scheduler: Scheduler | None = None
 
     async def start_worker(self, **options: Any) -> Executor:
-        """Start executing runs here; `options` are Executor settings."""
+        """Start executing runs here (and firing schedules and dispatching events, if the
+        app has any); `options` are Executor settings."""
         if self.executor is None:
             self.executor = Executor(self.app, self.store, **options)
             await self.executor.start()
+            scheduler = Scheduler(self.app, self.store)
+            if scheduler.needed:
+                await scheduler.start()
+                self.scheduler = scheduler
         return self.executor
 
     async def stop_worker(self, grace_period: float = 30.0) -> None:
+        if self.scheduler is not None:
+            scheduler, self.scheduler = self.scheduler, None
+            await scheduler.stop()
         if self.executor is not None:
             executor, self.executor = self.executor, None
             await executor.stop(grace_period)
+
+    async def signal(self, run_id: str, name: str, data: JSON = None) -> Run:
+        """Deliver signal `name` with `data` to a run (kept until its `wait_for` takes it)."""
+        if not isinstance(name, str) or not name:
+            raise InvalidInput("a signal needs a name")
+        payload = encode(data, "signal data")
+        _check_unicode(data, "signal data")
+        return await self.store.send_signal(run_id, name, payload, time.time())
+
+    async def emit(
+        self, topic: str, payload: dict[str, JSON] | None, event_id: str | None
+    ) -> tuple[str, bool]:
+        """Store an event for the agents subscribed to `topic`; idempotent by `event_id`."""
+        if not isinstance(topic, str) or not topic.strip():
+            raise InvalidInput("an event needs a topic")
+        data = {} if payload is None else payload
+        if not isinstance(data, dict):
+            raise InvalidInput(f"an event payload must be a JSON object, got {type(data).__name__}")
+        text = encode(data, "event payload")
+        _check_unicode(data, "event payload")
+        if event_id is not None:
+            _check_run_id(event_id)
+        chosen = event_id or uuid.uuid4().hex
+        created = await self.store.create_event(chosen, topic, text, time.time())
+        return chosen, created
 
     async def close(self) -> None:
         await self.stop_worker()
@@ -245,6 +284,14 @@ class App:
         name: str | None = None,
         retry: Retry | None = None,
         timeout: Duration | None = None,
+        every: Duration | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        jitter: Duration | None = None,
+        catch_up: str = "latest",
+        max_catch_up: int = 100,
+        on: str | list[str] | None = None,
+        priority: int = 0,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -255,10 +302,24 @@ class App:
         name: str | None = None,
         retry: Retry | None = None,
         timeout: Duration | None = None,
+        every: Duration | None = None,
+        cron: str | None = None,
+        tz: str = "UTC",
+        jitter: Duration | None = None,
+        catch_up: str = "latest",
+        max_catch_up: int = 100,
+        on: str | list[str] | None = None,
+        priority: int = 0,
     ) -> Agent | Callable[[Handler], Agent]:
-        """Declare an agent. `retry` is the run-level policy (default: 3 attempts with
-        exponential backoff); `timeout` bounds each execution of a run (parked time does
-        not count)."""
+        """Declare an agent.
+
+        `retry` is the run-level policy (default: 3 attempts with exponential backoff);
+        `timeout` bounds each execution of a run (parked time does not count). `every=` or
+        `cron=` (in time zone `tz`) runs it on a schedule, each fire delayed by up to
+        `jitter`; `catch_up` says which fires missed while no node was up are made up
+        (`"none"`, `"latest"`, or `"all"` up to `max_catch_up`). `on=` runs it once per
+        event of a topic (a name, a glob like `"lead.*"`, or a list). Higher `priority`
+        runs are claimed first."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -266,12 +327,28 @@ class App:
                 raise ConfigError(f"agent {agent_name!r} is declared twice")
             if not callable(handler):
                 raise ConfigError(f"agent {agent_name!r} is not callable")
+            schedule = None
+            if every is not None or cron is not None:
+                schedule = Schedule.build(
+                    every=every,
+                    cron=cron,
+                    tz=tz,
+                    jitter=jitter,
+                    catch_up=catch_up,
+                    max_catch_up=max_catch_up,
+                )
+            topics = (on,) if isinstance(on, str) else tuple(on or ())
+            if any(not isinstance(t, str) or not t.strip() for t in topics):
+                raise ConfigError(f"agent {agent_name!r}: on= takes topic names or patterns")
             declared = Agent(
                 name=agent_name,
                 fn=handler,
                 is_async=inspect.iscoroutinefunction(handler),
                 retry=retry or DEFAULT_RUN_RETRY,
                 timeout=optional_seconds(timeout),
+                schedule=schedule,
+                topics=topics,
+                priority=priority,
             )
             self.agents[agent_name] = declared
             return declared
@@ -357,6 +434,19 @@ class App:
             yield self
         finally:
             self._call(lambda rt: rt.stop_worker(grace_period))
+
+    def signal(self, run_id: str, name: str, data: JSON = None) -> None:
+        """Send signal `name` with `data` to a run; a `ctx.wait_for(name)` receives it (now
+        or later: signals sent before the wait are kept)."""
+        self._call(lambda rt: rt.signal(run_id, name, data))
+
+    def emit(
+        self, topic: str, payload: dict[str, JSON] | None = None, id: str | None = None
+    ) -> str:
+        """Publish an event; every agent subscribed to `topic` runs once for it. The event
+        is stored first, so nothing is lost while no node runs. Returns the event id."""
+        event_id, _ = self._call(lambda rt: rt.emit(topic, payload, id))
+        return event_id
 
     def close(self) -> None:
         """Stop any worker, close the store and the background loop. Idempotent."""

@@ -18,8 +18,9 @@ import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from nonstop.errors import (
     CorruptCheckpoint,
@@ -37,6 +38,7 @@ from nonstop.models import (
     StepRecord,
     StepStatus,
     checksum,
+    completed_step,
 )
 from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.durations import Duration, optional_seconds, seconds
@@ -44,7 +46,7 @@ from nonstop.policies.retry import NO_RETRY, Retry
 from nonstop.store.base import LeaseLost
 
 if TYPE_CHECKING:
-    from nonstop.store.base import Store
+    from nonstop.store.base import NewRun, Store
 
 T = TypeVar("T")
 
@@ -55,6 +57,12 @@ Either way the retry time is recorded first, so a restart neither retries early 
 BEAT_EVERY = 1.0
 """Seconds between heartbeats written for step completions (each step is a beat, but
 writing the run's row at every step would double the cost of a fast step)."""
+
+COMPENSATION_RETRY = Retry(max_attempts=5, initial=1.0, factor=2.0, max_delay=30.0)
+"""How compensations of a saga are retried (each is a durable step)."""
+
+NewRunFactory = Callable[[str, "dict[str, JSON] | None", "str | None"], "NewRun"]
+"""`App.new_run`: validates a child run request (agent known, input a JSON object)."""
 
 _current_key: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "nonstop_idempotency_key", default=None
@@ -111,6 +119,7 @@ class Context:
         store: Store,
         owner: str,
         threads: ThreadPoolExecutor,
+        new_run: NewRunFactory,
     ) -> None:
         self.run_id = run.id
         self.agent = run.agent
@@ -123,8 +132,10 @@ class Context:
         self._seq = 0
         self._beat_written = time.time()  # the claim itself recorded a heartbeat
         self.fatal: BaseException | None = None  # replay error the handler must not swallow
-        self.cancel_requested = False
+        self.cancel_requested = run.cancel_requested
         self.abandoned = False
+        self._compensations: list[tuple[str, Callable[[Any], Any], Any]] = []
+        self._new_run = new_run
         self._replay_until = max(history.steps, default=0)
         self.log = ReplayAwareLogger(
             self,
@@ -151,6 +162,11 @@ class Context:
     def _check_alive(self) -> None:
         if self.abandoned:
             raise Interrupt(Interrupt.ABANDONED)
+
+    def _check_cancel(self) -> None:
+        """Stop before doing new work for a cancelled run. Not checked while replaying
+        recorded steps: the replay must reach every completed step so that a saga knows
+        all it has to undo."""
         if self.cancel_requested:
             raise Interrupt(Interrupt.CANCELLED)
 
@@ -197,6 +213,7 @@ class Context:
         name: str | None = None,
         retry: Retry | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run `fn(*args, **kwargs)` once, durably: its result is committed before this
@@ -205,12 +222,34 @@ class Context:
         A failure is retried per `retry` (no retries by default); the final failure is
         recorded and raised as `StepFailed`, on replay too. `fn` may be sync (run in a
         worker thread) or async. If `fn` takes an `idempotency_key` parameter, it gets one.
+        With `compensate`, the step is part of a saga: if the run finally fails or is
+        cancelled, `compensate(result)` undoes it (newest step first, each durably).
         """
         seq = self._next_seq()
         step_name = name or step_name_of(fn)
         record = self._recorded(seq, step_name)
         if record is not None:
-            return self._replay(record)
+            result = self._replay(record)
+        else:
+            self._check_cancel()
+            result = await self._execute(seq, step_name, fn, args, kwargs, retry, timeout)
+        if compensate is not None:
+            self._compensations.append((step_name, compensate, result))
+        return result
+
+    async def _execute(
+        self,
+        seq: int,
+        step_name: str,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        retry: Retry | None,
+        timeout: Duration | None,
+        *,
+        park_long_waits: bool = True,
+    ) -> Any:
+        """Execute a step that has no record: try, retry per policy, commit the outcome."""
         policy = retry or NO_RETRY
         limit = optional_seconds(timeout)
         key = f"{self.run_id}:{seq}"
@@ -221,7 +260,7 @@ class Context:
         first_start: float | None = tried[0].started_at if tried else None
         while True:
             if tried and tried[-1].retry_at is not None:
-                await self._wait_for_retry(seq, step_name, tried[-1].retry_at)
+                await self._wait_for_retry(seq, step_name, tried[-1].retry_at, park_long_waits)
             started = time.time()
             first_start = first_start or started
             try:
@@ -263,6 +302,32 @@ class Context:
                 seq, step_name, StepStatus.COMPLETED, payload, failures + 1, first_start
             )
             return json.loads(payload)
+
+    async def compensate(self) -> None:
+        """Undo the saga: call each completed step's `compensate(result)`, newest first.
+
+        Each compensation is itself a durable step, recorded under a negative sequence
+        number, so after a crash the ones done are skipped and the rest continue. Retried
+        per `COMPENSATION_RETRY`; if one still fails, StepFailed is raised (the run dies
+        with that error: a human must finish the undo)."""
+        for index, (name, undo, result) in enumerate(reversed(self._compensations), start=1):
+            seq, step_name = -index, f"compensate:{name}"
+            if self._recorded(seq, step_name) is not None:
+                continue
+            await self._execute(
+                seq,
+                step_name,
+                undo,
+                (result,),
+                {},
+                COMPENSATION_RETRY,
+                None,
+                park_long_waits=False,
+            )
+
+    @property
+    def compensable(self) -> bool:
+        return bool(self._compensations)
 
     async def _commit(
         self,
@@ -335,11 +400,13 @@ class Context:
         finally:
             _current_key.reset(token)
 
-    async def _wait_for_retry(self, seq: int, name: str, retry_at: float) -> None:
+    async def _wait_for_retry(
+        self, seq: int, name: str, retry_at: float, park_long_waits: bool = True
+    ) -> None:
         remaining = retry_at - time.time()
         if remaining <= 0:
             return
-        if remaining <= INLINE_RETRY_WAIT:
+        if remaining <= INLINE_RETRY_WAIT or not park_long_waits:
             await asyncio.sleep(remaining)
             return
         await self._park(
@@ -358,25 +425,164 @@ class Context:
             if until <= time.time():
                 return
             await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}")
+        self._check_cancel()
         now = time.time()
         until = now + seconds(duration)
-        payload = encode({"until": until}, "sleep")
-        new = StepRecord(
-            self.run_id,
-            seq,
-            "sleep",
-            StepStatus.COMPLETED,
-            payload,
-            checksum(seq, "sleep", StepStatus.COMPLETED, payload),
-            1,
-            now,
-            now,
+        timer = completed_step(self.run_id, seq, "sleep", encode({"until": until}, "sleep"), now)
+        await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}", timer)
+
+    async def wait_for(
+        self,
+        name: str,
+        timeout: Duration | None = None,
+        default: JSON = None,
+        *,
+        prompt: str | None = None,
+    ) -> Any:
+        """Wait, durably, for the signal `name` (`nonstop signal RUN name --data JSON`) and
+        return its data; after `timeout`, return `default` instead.
+
+        The run parks as `waiting`, holding no worker and no memory. A signal sent before
+        the wait is kept and consumed by it; the timeout survives restarts."""
+        # Two positions: the deadline, fixed when the wait first starts, then the outcome.
+        seq = self._next_seq()
+        marker = self._recorded(seq, f"wait:{name}")
+        if marker is None:
+            self._check_cancel()
+            now = time.time()
+            until = None if timeout is None else now + seconds(timeout)
+            marker = completed_step(
+                self.run_id, seq, f"wait:{name}", encode({"until": until}, "wait"), now
+            )
+            await self._durably(self._store.record_step(self._owner, marker))
+        else:
+            until = self._replay(marker)["until"]
+        seq = self._next_seq()
+        outcome_name = f"signal:{name}"
+        record = self._recorded(seq, outcome_name)
+        if record is not None:
+            return self._replay(record)
+        self._check_cancel()
+        now = time.time()
+        received = await self._durably(
+            self._store.receive_signal(
+                self._owner, self.run_id, name, seq=seq, step_name=outcome_name, now=now
+            )
         )
-        await self._park(RunStatus.SLEEPING, until, f"sleeping until {iso(until)}", new)
+        if received is not None:
+            return json.loads(received)
+        if until is not None and now >= until:
+            payload = encode(default, f"the default of wait_for({name!r})")
+            await self._commit(seq, outcome_name, StepStatus.COMPLETED, payload, 1, now)
+            return json.loads(payload)
+        what = f'approval "{prompt}"' if prompt is not None else f'signal "{name}"'
+        reason = f"waiting for {what} since {iso(marker.started_at)}"
+        if until is not None:
+            reason += f", until {iso(until)}"
+        await self._park(RunStatus.WAITING, until, reason, wake_on_signal=name)
+
+    async def approval(
+        self, prompt: str, timeout: Duration | None = None, default: JSON = False
+    ) -> Any:
+        """Wait for a human's answer to `prompt` (the signal `approval`); `runs --status
+        waiting` and `show` display the prompt. Returns the signal's data (e.g. `true`)."""
+        return await self.wait_for("approval", timeout, default, prompt=prompt)
+
+    async def emit(self, topic: str, payload: dict[str, JSON] | None = None) -> str:
+        """Publish an event, exactly once (it is a step; its id is the step's idempotency
+        key). Every agent subscribed to `topic` runs once for it. Returns the event id."""
+        data = {} if payload is None else payload
+        if not isinstance(data, dict):
+            raise InvalidInput(f"an event payload must be a JSON object, got {type(data).__name__}")
+        text = encode(data, f"the payload of event {topic!r}")
+
+        async def publish(idempotency_key: str) -> str:
+            await self._store.create_event(idempotency_key, topic, text, time.time())
+            return idempotency_key
+
+        event_id: str = await self.step(publish, name=f"emit:{topic}")
+        return event_id
+
+    async def call(self, agent: str, input: dict[str, JSON] | None = None) -> Any:
+        """Run `agent` as a child run and return its output; the parent parks (holding no
+        worker) while the child works. A child that dies fails this step with its error."""
+        outputs = await self._children("call", agent, [input], 1)
+        return outputs[0]
+
+    async def map(
+        self, agent: str, inputs: list[dict[str, JSON]], max_parallel: int = 10
+    ) -> list[Any]:
+        """Run `agent` once per input as child runs, at most `max_parallel` at a time, and
+        return their outputs in input order (fan-out, fan-in)."""
+        if max_parallel < 1:
+            raise InvalidInput("max_parallel must be at least 1")
+        return await self._children("map", agent, list(inputs), max_parallel)
+
+    async def _children(
+        self, kind: str, agent: str, inputs: list[dict[str, JSON] | None], max_parallel: int
+    ) -> list[Any]:
+        seq = self._next_seq()
+        name = f"{kind}:{agent}"
+        record = self._recorded(seq, name)
+        if record is not None:
+            outputs: list[Any] = self._replay(record)
+            return outputs
+        self._check_cancel()
+        # a run-level retry of the parent starts the children of a failed call afresh
+        suffix = "" if self.attempt == 1 else f"~{self.attempt}"
+        ids = [f"{self.run_id}/{seq}.{i}{suffix}" for i in range(len(inputs))]
+        requests = [
+            self._new_run(agent, data, run_id) for data, run_id in zip(inputs, ids, strict=True)
+        ]
+        started = time.time()
+        known = {run.id: run for run in await self._store.list_children(self.run_id)}
+        mine = [known.get(run_id) for run_id in ids]
+        failed = next(
+            (
+                c
+                for c in mine
+                if c is not None and c.status in (RunStatus.DEAD, RunStatus.CANCELLED)
+            ),
+            None,
+        )
+        if failed is not None:
+            error = failed.error or {"type": "nonstop.errors.RunCancelled", "message": "cancelled"}
+            message = f"child run {failed.id} is {failed.status}: {error.get('message', '')}"
+            payload = encode({"type": error.get("type"), "message": message}, "error")
+            await self._commit(seq, name, StepStatus.FAILED, payload, 1, started)
+            raise StepFailed(str(error.get("type")), message)
+        if all(c is not None and c.status == RunStatus.COMPLETED for c in mine):
+            payload = encode([c.output for c in mine if c is not None], f"the outputs of {name}")
+            await self._commit(seq, name, StepStatus.COMPLETED, payload, 1, started)
+            return list(json.loads(payload))
+        running = sum(1 for c in mine if c is not None and not c.status.finished)
+        for request, child in zip(requests, mine, strict=True):
+            if running >= max_parallel:
+                break
+            if child is None:
+                new = replace(request, parent_id=self.run_id)
+                await self._durably(self._store.create_run(new, time.time()))
+                running += 1
+        finished = sum(1 for c in known.values() if c.status.finished)
+        unfinished = sum(1 for c in mine if c is None or not c.status.finished)
+        await self._park(
+            RunStatus.WAITING,
+            None,
+            f"waiting for {unfinished} child run(s) of {agent} (step {seq})",
+            children_seen_finished=finished,
+        )
+        raise AssertionError("unreachable: _park raises")
 
     async def _park(
-        self, status: RunStatus, wake_at: float, reason: str, record: StepRecord | None = None
-    ) -> None:
+        self,
+        status: RunStatus,
+        wake_at: float | None,
+        reason: str,
+        record: StepRecord | None = None,
+        *,
+        wake_on_signal: str | None = None,
+        children_seen_finished: int | None = None,
+    ) -> NoReturn:
         # The record and the park share one transaction: a crash leaves either neither (the
         # call runs again on replay) or both (replay finds the timer and waits it out).
         await self._durably(
@@ -388,6 +594,8 @@ class Context:
                 reason=reason,
                 now=time.time(),
                 record=record,
+                wake_on_signal=wake_on_signal,
+                children_seen_finished=children_seen_finished,
             )
         )
         raise Interrupt(Interrupt.PARKED)
@@ -481,11 +689,42 @@ class SyncContext:
         name: str | None = None,
         retry: Retry | None = None,
         timeout: Duration | None = None,
+        compensate: Callable[[Any], Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         return self._wait(
-            self._ctx.step(fn, *args, name=name, retry=retry, timeout=timeout, **kwargs)
+            self._ctx.step(
+                fn,
+                *args,
+                name=name,
+                retry=retry,
+                timeout=timeout,
+                compensate=compensate,
+                **kwargs,
+            )
         )
+
+    def wait_for(
+        self,
+        name: str,
+        timeout: Duration | None = None,
+        default: JSON = None,
+        *,
+        prompt: str | None = None,
+    ) -> Any:
+        return self._wait(self._ctx.wait_for(name, timeout, default, prompt=prompt))
+
+    def approval(self, prompt: str, timeout: Duration | None = None, default: JSON = False) -> Any:
+        return self._wait(self._ctx.approval(prompt, timeout, default))
+
+    def emit(self, topic: str, payload: dict[str, JSON] | None = None) -> str:
+        return self._wait(self._ctx.emit(topic, payload))
+
+    def call(self, agent: str, input: dict[str, JSON] | None = None) -> Any:
+        return self._wait(self._ctx.call(agent, input))
+
+    def map(self, agent: str, inputs: list[dict[str, JSON]], max_parallel: int = 10) -> list[Any]:
+        return self._wait(self._ctx.map(agent, inputs, max_parallel))
 
     def sleep(self, duration: Duration) -> None:
         self._wait(self._ctx.sleep(duration))

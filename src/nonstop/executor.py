@@ -25,6 +25,7 @@ from nonstop.errors import (
     InvalidInput,
     NonDeterminismError,
     RunTimeout,
+    StepFailed,
 )
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
@@ -273,7 +274,9 @@ class Executor:
 
     def _launch(self, claimed: Claimed) -> None:
         run = claimed.run
-        ctx = Context(run, claimed.history, self.store, self.owner, self._step_threads)
+        ctx = Context(
+            run, claimed.history, self.store, self.owner, self._step_threads, self.app.new_run
+        )
         task = asyncio.create_task(self._execute(claimed, ctx), name=f"run:{run.id}")
         self._active[run.id] = _Active(task, ctx)
         if claimed.recovered:
@@ -378,6 +381,18 @@ class Executor:
         log.info("run_adopted", agent=run.agent, run_id=run.id, reason=detail)
         return True
 
+    async def _undo(self, ctx: Context) -> dict[str, Any] | None:
+        """Run the saga's compensations before a run ends for good; return the error of a
+        compensation that could not be done (the run is then dead and needs a human)."""
+        if not ctx.compensable:
+            return None
+        try:
+            await ctx.compensate()
+        except StepFailed as exc:
+            log.error("compensation_failed", agent=ctx.agent, run_id=ctx.run_id, error=str(exc))
+            return {"type": "nonstop.errors.CompensationFailed", "message": str(exc)}
+        return None
+
     async def _invoke(self, agent: Agent, ctx: Context, inputs: dict[str, Any]) -> Any:
         if agent.is_async:
             return await agent.fn(ctx, **inputs)
@@ -393,7 +408,11 @@ class Executor:
             if failure.why == Interrupt.PARKED:
                 return  # the park is already committed
             if failure.why == Interrupt.CANCELLED or ctx.cancel_requested:
-                await self.store.finish_run(self.owner, run_id, status=RunStatus.CANCELLED, now=now)
+                undo_error = await self._undo(ctx)
+                status = RunStatus.CANCELLED if undo_error is None else RunStatus.DEAD
+                await self.store.finish_run(
+                    self.owner, run_id, status=status, now=time.time(), error=undo_error
+                )
                 log.info("run_cancelled", agent=name, run_id=run_id)
                 return
             if failure.why != Interrupt.TIMEOUT:
@@ -438,7 +457,10 @@ class Executor:
                 retry_at=iso(wake_at),
             )
             return
-        await self.store.finish_run(self.owner, run_id, status=RunStatus.DEAD, now=now, error=error)
+        undo_error = await self._undo(ctx)
+        await self.store.finish_run(
+            self.owner, run_id, status=RunStatus.DEAD, now=time.time(), error=undo_error or error
+        )
         log.error(
             "run_dead", agent=name, run_id=run_id, attempt=ctx.attempt, error=error["message"]
         )

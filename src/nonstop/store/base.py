@@ -200,15 +200,15 @@ class Store(Protocol):
         now: float,
         record: StepRecord | None = None,
         wake_on_signal: str | None = None,
-        wake_on_children_since: float | None = None,
+        children_seen_finished: int | None = None,
     ) -> None:
         """Release the lease and park the run (`sleeping`, `waiting`, `pending` or `paused`)
         until `wake_at`, committing `record` in the same transaction when given.
 
         A run parked to wait for a signal (`wake_on_signal`) or for its children
-        (`wake_on_children_since`: the time it last looked at them) is due at once if the
-        signal is already there or a child finished since: no wake-up falls between the
-        look and the park."""
+        (`children_seen_finished`: how many of them it saw finished) is due at once if the
+        signal is already there or more children have finished: no wake-up falls between
+        the look and the park."""
 
     async def retry_run(
         self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float

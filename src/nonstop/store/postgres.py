@@ -83,7 +83,7 @@ CLAIM_RUNS = (
     " OR (app_version IS NULL AND route >= %(fresh_from)s AND route < %(fresh_to)s)"
     " OR app_version = %(version)s"
     " OR (app_version IS NOT NULL AND NOT app_version = ANY(%(live)s)))"
-    " ORDER BY due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
+    " ORDER BY priority DESC, due_at LIMIT %(limit)s FOR UPDATE SKIP LOCKED)"
     " UPDATE runs SET status = 'running', lease_owner = %(owner)s, lease_expires = %(expires)s,"
     " due_at = %(expires)s, wake_at = NULL, wait_reason = NULL, updated_at = %(now)s,"
     " heartbeat_at = %(now)s, started_at = coalesce(runs.started_at, %(now)s),"
@@ -161,8 +161,8 @@ PARK_RUN = (
     "UPDATE runs SET status = %(status)s, lease_owner = NULL, lease_expires = NULL,"
     " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = %(id)s"
     "   AND name = %(signal)s AND consumed_at IS NULL)"
-    " OR EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = %(id)s"
-    "   AND c.finished_at >= %(since)s)"
+    " OR (SELECT count(*) FROM runs c WHERE c.parent_id = %(id)s"
+    "   AND c.finished_at IS NOT NULL) > %(seen)s"
     " THEN %(now)s ELSE %(wake_at)s END,"
     " wake_at = %(wake_at)s, wait_reason = %(reason)s, updated_at = %(now)s"
     " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running'"
@@ -512,13 +512,13 @@ class PostgresStore:
         now: float,
         record: StepRecord | None = None,
         wake_on_signal: str | None = None,
-        wake_on_children_since: float | None = None,
+        children_seen_finished: int | None = None,
     ) -> None:
         params = {
             "status": str(status),
             "id": run_id,
             "signal": wake_on_signal,
-            "since": wake_on_children_since,
+            "seen": children_seen_finished,
             "now": now,
             "wake_at": wake_at,
             "reason": reason,

@@ -69,7 +69,7 @@ SELECT_DUE = (
     " OR (app_version IS NULL AND route >= :fresh_from AND route < :fresh_to)"
     " OR app_version = :version"
     " OR (app_version IS NOT NULL AND app_version NOT IN (SELECT value FROM json_each(:live))))"
-    " ORDER BY due_at LIMIT :limit"
+    " ORDER BY priority DESC, due_at LIMIT :limit"
 )
 CLAIM_RUN = (
     "UPDATE runs SET status = 'running', lease_owner = ?, lease_expires = ?, due_at = ?,"
@@ -138,7 +138,8 @@ PARK_RUN = (
     "UPDATE runs SET status = :status, lease_owner = NULL, lease_expires = NULL,"
     " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = :id"
     "   AND name = :signal AND consumed_at IS NULL)"
-    " OR EXISTS (SELECT 1 FROM runs c WHERE c.parent_id = :id AND c.finished_at >= :since)"
+    " OR (SELECT count(*) FROM runs c WHERE c.parent_id = :id AND c.finished_at IS NOT NULL)"
+    "   > :seen"
     " THEN :now ELSE :wake_at END,"
     " wake_at = :wake_at, wait_reason = :reason, updated_at = :now"
     " WHERE id = :id AND lease_owner = :owner AND status = 'running'"
@@ -523,13 +524,13 @@ class SQLiteStore:
         now: float,
         record: StepRecord | None = None,
         wake_on_signal: str | None = None,
-        wake_on_children_since: float | None = None,
+        children_seen_finished: int | None = None,
     ) -> None:
         params = {
             "status": str(status),
             "id": run_id,
             "signal": wake_on_signal,
-            "since": wake_on_children_since,
+            "seen": children_seen_finished,
             "now": now,
             "wake_at": wake_at,
             "reason": reason,
