@@ -370,7 +370,10 @@ class App:
         _check_unicode(payload, "input")
         if run_id is not None:
             _check_run_id(run_id)
-        return NewRun(id=run_id or uuid.uuid4().hex, agent=agent_name, input=payload)
+        priority = self.agents[agent_name].priority
+        return NewRun(
+            id=run_id or uuid.uuid4().hex, agent=agent_name, input=payload, priority=priority
+        )
 
     # -- running, synchronous API ---------------------------------------------------------
 

@@ -22,8 +22,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nonstop.app import App, Runtime, outcome
+from nonstop.context import iso
 from nonstop.errors import ConfigError, InvalidInput, NonstopError, RunNotFound
-from nonstop.models import JSON, Run, RunStatus
+from nonstop.models import JSON, Run, RunStatus, ScheduleState
+from nonstop.scheduler import fire_id
 from nonstop.store import Store, open_store, resolve_url
 from nonstop.store.base import NodeInfo
 from nonstop.views import run_detail, run_dict, why
@@ -495,3 +497,108 @@ def versions(
             runs_text,
         )
     _out.print(out)
+
+
+@cli.command()
+def signal(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    name: Annotated[str, typer.Argument(help="Signal name, e.g. approval.")],
+    data: Annotated[str, typer.Option("--data", help="Signal data as JSON.")] = "null",
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Send a signal to a run: its `ctx.wait_for(name)` receives the data (now or later)."""
+    payload = _parse_json(data, "--data")
+    app, url = _resolve(app_spec, db, need_app=False)
+    target = app or App("cli")
+    found = _with_store(url, lambda s: Runtime(target, s).signal(run_id, name, payload))
+    if as_json:
+        _print_json({**run_dict(found, time.time()), "signal": name})
+    else:
+        _out.print(f"signal {name!r} sent to {found.id} ({found.status})")
+
+
+@cli.command()
+def emit(
+    topic: Annotated[str, typer.Argument(help="Event topic, e.g. lead.created.")],
+    data: Annotated[str, typer.Option("--data", help="Event payload as a JSON object.")] = "{}",
+    event_id: Annotated[str | None, typer.Option("--id", help="Event id (idempotency).")] = None,
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Publish an event: every agent subscribed to the topic runs once for it."""
+    payload = _parse_json(data, "--data")
+    if not isinstance(payload, dict):
+        raise InvalidInput("--data must be a JSON object (it becomes the runs' input)")
+    app, url = _resolve(app_spec, db, need_app=False)
+    target = app or App("cli")
+    chosen, created = _with_store(url, lambda s: Runtime(target, s).emit(topic, payload, event_id))
+    if as_json:
+        _print_json({"event_id": chosen, "topic": topic, "created": created})
+    else:
+        _out.print(f"event {chosen} {'stored' if created else 'exists'} ({topic})")
+
+
+@cli.command()
+def schedules(
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Scheduled agents: next and last fire times, and the last fire's lateness."""
+    app, url = _resolve(app_spec, db, need_app=True)
+    assert app is not None
+    scheduled = [a for a in app.agents.values() if a.schedule is not None]
+
+    async def go(store: Store) -> dict[str, tuple[ScheduleState | None, Run | None]]:
+        states = {s.agent: s for s in await store.load_schedules()}
+        found: dict[str, tuple[ScheduleState | None, Run | None]] = {}
+        for agent in scheduled:
+            state = states.get(agent.name)
+            last = None
+            if state is not None and state.last_fire_at is not None:
+                last = await store.get_run(fire_id(agent.name, state.last_fire_at))
+            found[agent.name] = (state, last)
+        return found
+
+    known = _with_store(url, go)
+    now = time.time()
+    rows: list[dict[str, Any]] = []
+    for agent in scheduled:
+        assert agent.schedule is not None
+        state, last = known[agent.name]
+        since = now if state is None or state.last_fire_at is None else state.last_fire_at
+        lateness = None
+        if last is not None and last.scheduled_at is not None:
+            lateness = round(last.created_at - last.scheduled_at, 3)
+        rows.append(
+            {
+                "agent": agent.name,
+                "schedule": agent.schedule.spec,
+                "next_fire": iso(agent.schedule.next_after(max(since, now))),
+                "last_fire": None
+                if state is None or state.last_fire_at is None
+                else iso(state.last_fire_at),
+                "last_run": None if last is None else last.id,
+                "last_status": None if last is None else str(last.status),
+                "last_lateness_seconds": lateness,
+            }
+        )
+    if as_json:
+        _print_json(rows)
+        return
+    table = Table(title="schedules")
+    for column in ("agent", "schedule", "next fire", "last fire", "lateness s", "last status"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(
+            row["agent"],
+            row["schedule"],
+            _short(row["next_fire"]),
+            _short(row["last_fire"]),
+            str(row["last_lateness_seconds"] or ""),
+            row["last_status"] or "",
+        )
+    _out.print(table)

@@ -70,8 +70,8 @@ def owner_is_dead(owner: str) -> bool:
 
 @dataclass(slots=True)
 class _Active:
-    task: asyncio.Task[None]
     ctx: Context
+    task: asyncio.Task[None] | None = None
     stop_reason: str | None = None  # Interrupt.CANCELLED or Interrupt.SHUTDOWN
     settling: bool = False  # the handler has ended; only bookkeeping is left
     done: asyncio.Event = field(default_factory=asyncio.Event)
@@ -277,8 +277,11 @@ class Executor:
         ctx = Context(
             run, claimed.history, self.store, self.owner, self._step_threads, self.app.new_run
         )
-        task = asyncio.create_task(self._execute(claimed, ctx), name=f"run:{run.id}")
-        self._active[run.id] = _Active(task, ctx)
+        active = _Active(ctx)
+        active.task = asyncio.create_task(self._execute(claimed, active), name=f"run:{run.id}")
+        # A run that parks and is due at once may be claimed again while its previous
+        # execution is still in its `finally`: entries are replaced, never shared.
+        self._active[run.id] = active
         if claimed.recovered:
             log.info("run_recovered", agent=run.agent, run_id=run.id, attempt=run.attempt)
 
@@ -288,20 +291,21 @@ class Executor:
             return
         active.stop_reason = reason
         active.ctx.abandoned = True
-        active.task.cancel()
+        if active.task is not None:
+            active.task.cancel()
 
-    async def _execute(self, claimed: Claimed, ctx: Context) -> None:
+    async def _execute(self, claimed: Claimed, active: _Active) -> None:
         run = claimed.run
-        active = self._active[run.id]
         try:
-            await self._drive(claimed, ctx, active)
+            await self._drive(claimed, active.ctx, active)
         except LeaseLost:
             log.warning("lease_lost", agent=run.agent, run_id=run.id)
         except Exception as exc:  # the store failed: the lease runs out and the run recovers
             log.error("run_bookkeeping_failed", agent=run.agent, run_id=run.id, error=str(exc))
         finally:
             active.done.set()
-            del self._active[run.id]
+            if self._active.get(run.id) is active:
+                del self._active[run.id]
             self._wakeup.set()
             for waiter in self._settled.get(run.id, ()):
                 if not waiter.done():

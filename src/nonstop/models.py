@@ -141,4 +141,4 @@ class ScheduleState:
     agent: str
     spec: str
     anchor_at: float  # when the schedule was first seen: nothing before it is "missed"
-    last_fire_at: float | None  # the latest scheduled time fired so far
+    last_fire_at: float | None  # the latest scheduled time handled (fired or skipped)

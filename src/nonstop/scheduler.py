@@ -118,9 +118,11 @@ class Scheduler:
             schedule = agent.schedule
             assert schedule is not None
             state = self._states[agent.name]
-            times = schedule.due(state.last_fire_at, state.anchor_at, now)
-            if not times:
+            since = state.anchor_at if state.last_fire_at is None else state.last_fire_at
+            handled = schedule.latest(since, now)
+            if handled is None:
                 continue
+            times = schedule.due(state.last_fire_at, state.anchor_at, now)
             for t in times:
                 new = NewRun(
                     id=fire_id(agent.name, t),
@@ -140,8 +142,8 @@ class Scheduler:
                         lateness_ms=round((time.time() - t) * 1000, 1),
                     )
             # recorded after the runs exist: a crash in between fires the same ids again,
-            # which the store turns into no-ops
-            state = ScheduleState(agent.name, schedule.spec, state.anchor_at, times[-1])
+            # which the store turns into no-ops; skipped times count as handled too
+            state = ScheduleState(agent.name, schedule.spec, state.anchor_at, handled)
             self._states[agent.name] = state
             await self.store.save_schedule(state, time.time())
         self.fired += created_total

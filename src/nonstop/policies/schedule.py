@@ -100,8 +100,11 @@ class Schedule:
         return found[::-1]
 
     def due(self, last_fire: float | None, anchor: float, now: float) -> list[float]:
-        """Scheduled times to fire now, given the last one fired (or, never fired, the time
-        the schedule was first seen), applying the catch-up policy to missed ones."""
+        """Scheduled times to fire now, given the last one handled (or, never fired, the
+        time the schedule was first seen), applying the catch-up policy to missed ones.
+
+        Every time up to `now` counts as handled afterwards, fired or skipped: the caller
+        records `self.latest(...)` so skipped times are never considered again."""
         since = anchor if last_fire is None else last_fire
         times = self.times_between(since, now, self.max_catch_up + 1000)
         on_time = [t for t in times if now - t <= MISFIRE_GRACE]
@@ -111,6 +114,11 @@ class Schedule:
         if self.catch_up == "latest":
             return [missed[-1], *on_time]
         return [*missed[-self.max_catch_up :], *on_time]
+
+    def latest(self, since: float, now: float) -> float | None:
+        """The last scheduled time in (since, now], or None."""
+        found = self.times_between(since, now, 1)
+        return found[-1] if found else None
 
     def jitter_for(self, agent: str, t: float) -> float:
         """A delay in [0, jitter) that every node computes alike for this fire."""
