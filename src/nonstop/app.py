@@ -31,6 +31,7 @@ from nonstop.errors import (
 from nonstop.executor import Executor
 from nonstop.models import JSON, Run, RunStatus
 from nonstop.policies.durations import Duration, optional_seconds
+from nonstop.policies.ratelimit import Rate
 from nonstop.policies.retry import Retry
 from nonstop.policies.schedule import Schedule
 from nonstop.scheduler import Scheduler
@@ -55,6 +56,8 @@ class Agent:
     schedule: Schedule | None = None
     topics: tuple[str, ...] = ()
     priority: int = 0
+    concurrency: int | None = None
+    rate: Rate | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -292,6 +295,8 @@ class App:
         max_catch_up: int = 100,
         on: str | list[str] | None = None,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -310,6 +315,8 @@ class App:
         max_catch_up: int = 100,
         on: str | list[str] | None = None,
         priority: int = 0,
+        concurrency: int | None = None,
+        rate: str | None = None,
     ) -> Agent | Callable[[Handler], Agent]:
         """Declare an agent.
 
@@ -319,7 +326,9 @@ class App:
         `jitter`; `catch_up` says which fires missed while no node was up are made up
         (`"none"`, `"latest"`, or `"all"` up to `max_catch_up`). `on=` runs it once per
         event of a topic (a name, a glob like `"lead.*"`, or a list). Higher `priority`
-        runs are claimed first."""
+        runs are claimed first. `concurrency=N` caps the agent's runs executing at once and
+        `rate="60/min"` the runs it starts per period, across all nodes; runs over a limit
+        wait as `pending`, none are dropped."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -337,6 +346,8 @@ class App:
                     catch_up=catch_up,
                     max_catch_up=max_catch_up,
                 )
+            if concurrency is not None and concurrency < 1:
+                raise ConfigError(f"agent {agent_name!r}: concurrency must be at least 1")
             topics = (on,) if isinstance(on, str) else tuple(on or ())
             if any(not isinstance(t, str) or not t.strip() for t in topics):
                 raise ConfigError(f"agent {agent_name!r}: on= takes topic names or patterns")
@@ -349,6 +360,8 @@ class App:
                 schedule=schedule,
                 topics=topics,
                 priority=priority,
+                concurrency=concurrency,
+                rate=None if rate is None else Rate.parse(rate),
             )
             self.agents[agent_name] = declared
             return declared

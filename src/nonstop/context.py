@@ -465,8 +465,16 @@ class Context:
         self._check_cancel()
         now = time.time()
         received = await self._durably(
+            # a signal sent after the deadline loses to the timeout, whether or not a node
+            # was up at the deadline to record it
             self._store.receive_signal(
-                self._owner, self.run_id, name, seq=seq, step_name=outcome_name, now=now
+                self._owner,
+                self.run_id,
+                name,
+                seq=seq,
+                step_name=outcome_name,
+                now=now,
+                sent_by=until,
             )
         )
         if received is not None:
@@ -517,6 +525,15 @@ class Context:
         if max_parallel < 1:
             raise InvalidInput("max_parallel must be at least 1")
         return await self._children("map", agent, list(inputs), max_parallel)
+
+    async def continue_as_new(self, input: dict[str, JSON] | None = None) -> NoReturn:
+        """End this run and start a fresh one of the same agent with `input` and an empty
+        history (id `"{run id}#{n}"`, the next in the chain), so a forever-agent's history
+        stays bounded. Never returns."""
+        self._check_cancel()
+        new = self._new_run(self.agent, input, next_in_chain(self.run_id))
+        await self._durably(self._store.continue_run(self._owner, self.run_id, new, time.time()))
+        raise Interrupt(Interrupt.PARKED)  # the run has ended; nothing is left to write
 
     async def _children(
         self, kind: str, agent: str, inputs: list[dict[str, JSON] | None], max_parallel: int
@@ -643,6 +660,14 @@ def _error_payload(exc: BaseException) -> str:
     return encode({"type": info["type"], "message": info["message"]}, "error")
 
 
+def next_in_chain(run_id: str) -> str:
+    """`report` -> `report#1` -> `report#2`: the id a continue-as-new run takes."""
+    base, sep, number = run_id.rpartition("#")
+    if sep and number.isdigit():
+        return f"{base}#{int(number) + 1}"
+    return f"{run_id}#1"
+
+
 def step_name_of(fn: Callable[..., Any]) -> str:
     """A step's default name: its qualified name without the `<locals>` of enclosing
     functions (`Client.fetch`, `summarise`)."""
@@ -725,6 +750,10 @@ class SyncContext:
 
     def map(self, agent: str, inputs: list[dict[str, JSON]], max_parallel: int = 10) -> list[Any]:
         return self._wait(self._ctx.map(agent, inputs, max_parallel))
+
+    def continue_as_new(self, input: dict[str, JSON] | None = None) -> NoReturn:
+        self._wait(self._ctx.continue_as_new(input))
+        raise AssertionError("unreachable: continue_as_new never returns")
 
     def sleep(self, duration: Duration) -> None:
         self._wait(self._ctx.sleep(duration))

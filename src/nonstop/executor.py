@@ -30,7 +30,7 @@ from nonstop.errors import (
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
 from nonstop.policies.retry import gives_up
-from nonstop.store.base import Claimed, LeaseLost, NodeInfo, Routing, Store
+from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NodeInfo, Routing, Store
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
@@ -96,6 +96,11 @@ class Executor:
         self.owner = owner or node_id()
         self.canary_share = canary_share
         self.routing = Routing(app.version, _fresh_share(canary_share, {}), (app.version,))
+        self.limits = [
+            FlowLimit(a.name, a.concurrency, a.rate)
+            for a in app.agents.values()
+            if a.concurrency is not None or a.rate is not None
+        ]
         self._started_at = time.time()
         self.concurrency = concurrency
         self.lease_ttl = lease_ttl
@@ -189,6 +194,7 @@ class Executor:
                         now=time.time(),
                         lease_ttl=self.lease_ttl,
                         routing=self.routing,
+                        limits=self.limits,
                     )
                 except Exception as exc:
                     # the store is down or failing: back off, say so once per attempt

@@ -39,8 +39,9 @@ def why(run: Run, now: float) -> str:
     if status == RunStatus.PENDING:
         if run.wake_at is not None and run.wake_at > now:
             return f"pending until {_when(run.wake_at)}"
-        reason = f" ({run.wait_reason})" if run.wait_reason else ""
-        return f"pending: waiting for a node with a free slot{reason}"
+        if run.wait_reason:
+            return f"pending: {run.wait_reason}"
+        return "pending: waiting for a node with a free slot"
     return run.wait_reason or f"{status} since {_when(run.updated_at)}"
 
 

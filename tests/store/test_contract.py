@@ -8,9 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from nonstop.context import checksum
 from nonstop.errors import RunNotFound, StoreError
-from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus
+from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus, checksum
 from nonstop.store import LeaseLost, NewRun, Store
 from nonstop.store.base import NodeInfo, Routing
 

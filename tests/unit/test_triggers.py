@@ -75,6 +75,7 @@ def test_wait_for_times_out_durably_with_the_default(make_app: AppFactory) -> No
     first.close()  # every worker is down while the deadline passes
     time.sleep(0.7)  # deliberate: let the deadline pass while nothing runs
     second = make_app()
+    second.signal(handle.run_id, "never", "too late")  # after the deadline: loses
     second.agent(name="waiter")(waiter.fn)
     with fast(second):
         assert second.start("waiter", id=handle.run_id).result(10) == "gave up"
@@ -361,3 +362,83 @@ def test_priority_runs_are_claimed_first(make_app: AppFactory) -> None:
             assert time.monotonic() < deadline
             time.sleep(0.02)
     assert order[0] == "urgent"
+
+
+def test_concurrency_caps_running_runs_across_workers(make_app: AppFactory) -> None:
+    apps = [make_app(f"node{i}") for i in range(2)]
+    running: list[int] = []
+    peak: list[int] = []
+    lock = threading.Lock()
+
+    async def work() -> None:
+        with lock:
+            running.append(1)
+            peak.append(len(running))
+        await asyncio.sleep(0.05)
+        with lock:
+            running.pop()
+
+    for app in apps:
+
+        @app.agent(name="capped", concurrency=2)
+        async def capped(ctx: nonstop.Context) -> None:
+            await ctx.step(work)
+
+    for i in range(12):
+        apps[0].start("capped", id=f"c{i}")
+    with fast(apps[0]), fast(apps[1]):
+        deadline = time.monotonic() + 20
+        while len(query(apps[0], "SELECT id FROM runs WHERE status = 'completed'")) < 12:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert max(peak) <= 2 and len(peak) == 12
+
+
+def test_a_rate_limit_spaces_out_starts_and_says_why(make_app: AppFactory) -> None:
+    app = make_app()
+    starts: list[float] = []
+
+    @app.agent(rate="3/s")
+    async def limited(ctx: nonstop.Context) -> None:
+        starts.append(time.monotonic())
+
+    for i in range(7):
+        app.start(limited, id=f"l{i}")
+    with fast(app):
+        deadline = time.monotonic() + 5
+        while not any(
+            "rate limit 3/s" in str(r[0]) for r in query(app, "SELECT wait_reason FROM runs")
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        waiting = [h for h in (app.start(limited, id=f"l{i}") for i in range(7))]
+        for handle in waiting:
+            handle.result(15)
+    assert len(starts) == 7  # none dropped
+    # a bucket of 3 refilled at 3/s: the 7th start comes at least ~1.3 s after the first
+    assert starts[-1] - starts[0] >= 1.2
+
+
+def test_continue_as_new_keeps_a_chain_with_bounded_history(make_app: AppFactory) -> None:
+    app = make_app()
+
+    @app.agent
+    async def forever(ctx: nonstop.Context, cycle: int = 0) -> int:
+        await ctx.step(int, cycle)
+        if cycle < 3:
+            await ctx.continue_as_new({"cycle": cycle + 1})
+        return cycle
+
+    with fast(app):
+        first = app.start(forever, id="loop")
+        assert first.result(10) == {"continued_as": "loop#1"}
+        deadline = time.monotonic() + 10
+        while not query(app, "SELECT id FROM runs WHERE id = 'loop#3'"):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert nonstop.RunHandle(app, "loop#3").result(10) == 3
+    rows = query(app, "SELECT id, status FROM runs ORDER BY id")
+    assert rows == [("loop", "completed"), ("loop#1", "completed"), ("loop#2", "completed"),
+                    ("loop#3", "completed")]  # fmt: skip
+    per_run = query(app, "SELECT run_id, count(*) FROM steps GROUP BY run_id")
+    assert {count for _, count in per_run} == {1}  # each run keeps only its own history

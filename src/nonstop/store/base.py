@@ -29,6 +29,7 @@ from nonstop.models import (
     ScheduleState,
     StepRecord,
 )
+from nonstop.policies.ratelimit import Rate
 
 
 class LeaseLost(NonstopError):
@@ -71,6 +72,16 @@ class Routing:
     version: str
     fresh: tuple[float, float] = (0.0, 1.0)
     live_versions: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FlowLimit:
+    """Per-agent limits that hold across every node: runs executing at once, and runs
+    started per period (a token bucket in the store). Excess runs wait as `pending`."""
+
+    agent: str
+    concurrency: int | None = None
+    rate: Rate | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,13 +158,16 @@ class Store(Protocol):
         now: float,
         lease_ttl: float,
         routing: Routing | None = None,
+        limits: Sequence[FlowLimit] = (),
     ) -> list[Claimed]:
         """Lease up to `limit` due runs of `agents` to `owner` and mark them `running`.
 
         Due means: `pending` or `sleeping` whose wake time has come, or `running` whose lease
         expired (its owner is presumed dead; an incident `recovered` is recorded). Earliest
-        due first. A run is never leased to two owners at once. With `routing`, only the
-        runs that routing gives this node, and each claimed run records its version."""
+        due first (higher priority before). A run is never leased to two owners at once.
+        With `routing`, only the runs that routing gives this node, and each claimed run
+        records its version. `limits` hold across all claimers; runs they hold back stay
+        pending and say why."""
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         """Extend every lease `owner` holds; return the ids of its runs asked to cancel."""
@@ -230,6 +244,10 @@ class Store(Protocol):
         """Move the run to a final status (`completed`, `dead`, `cancelled`) and release it.
         A waiting parent run is woken (made due) in the same transaction."""
 
+    async def continue_run(self, owner: str, run_id: str, new: NewRun, now: float) -> None:
+        """End the run as `completed` (output `{"continued_as": new.id}`) and create `new`,
+        in one transaction: a forever-agent's chain never breaks and never forks."""
+
     # -- operator verbs -------------------------------------------------------------------
 
     async def request_cancel(self, run_id: str, now: float) -> Run:
@@ -256,10 +274,19 @@ class Store(Protocol):
         a finished run."""
 
     async def receive_signal(
-        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+        self,
+        owner: str,
+        run_id: str,
+        name: str,
+        *,
+        seq: int,
+        step_name: str,
+        now: float,
+        sent_by: float | None = None,
     ) -> str | None:
-        """Consume the oldest kept signal `name` of the run and record its payload as step
-        `seq`, in one transaction; None (changing nothing) when there is none."""
+        """Consume the oldest kept signal `name` of the run (sent no later than `sent_by`,
+        when given: a wait's deadline) and record its payload as step `seq`, in one
+        transaction; None (changing nothing) when there is none."""
 
     async def list_children(self, parent_id: str) -> list[Run]:
         """Runs started by `ctx.call`/`ctx.map` of the run, oldest first."""

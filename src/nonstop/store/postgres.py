@@ -32,6 +32,7 @@ from nonstop.models import (
 )
 from nonstop.observe.logging import get_logger
 from nonstop.store import migrations
+from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
     NEW_RUN_FIELDS,
@@ -46,7 +47,7 @@ from nonstop.store._rows import (
     step_from_row,
     step_values,
 )
-from nonstop.store.base import Claimed, LeaseLost, NewRun, NodeInfo, Routing
+from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NewRun, NodeInfo, Routing
 
 try:
     import psycopg
@@ -89,6 +90,17 @@ CLAIM_RUNS = (
     " heartbeat_at = %(now)s, started_at = coalesce(runs.started_at, %(now)s),"
     " app_version = coalesce(%(version)s, runs.app_version)"
     f" FROM due WHERE runs.id = due.id RETURNING {RUNS_RUN_COLUMNS}, due.status, due.app_version"
+)
+COUNT_RUNNING = (
+    "SELECT count(*) FROM runs WHERE agent = %s AND status = 'running' AND lease_expires > %s"
+)
+SELECT_BUCKET = "SELECT tokens, updated_at FROM rate_limits WHERE key = %s"
+SAVE_BUCKET = (
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
+)
+HOLD_BACK = (
+    "UPDATE runs SET wait_reason = %s WHERE agent = %s AND status = 'pending' AND due_at <= %s"
 )
 UPSERT_NODE = (
     "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
@@ -176,6 +188,7 @@ WAKE_WAITING = "UPDATE runs SET due_at = %s WHERE id = %s AND status = 'waiting'
 TAKE_SIGNAL = (
     "UPDATE signals SET consumed_at = %s, consumed_seq = %s WHERE id = ("
     " SELECT id FROM signals WHERE run_id = %s AND name = %s AND consumed_at IS NULL"
+    " AND (%s::float8 IS NULL OR created_at <= %s)"
     " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED) RETURNING payload"
 )
 SELECT_CHILDREN = f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_id = %s ORDER BY created_at, id"
@@ -414,11 +427,10 @@ class PostgresStore:
         now: float,
         lease_ttl: float,
         routing: Routing | None = None,
+        limits: Sequence[FlowLimit] = (),
     ) -> list[Claimed]:
         params = {
             "now": now,
-            "agents": list(agents),
-            "limit": limit,
             "owner": owner,
             "expires": now + lease_ttl,
             "version": None if routing is None else routing.version,
@@ -427,7 +439,27 @@ class PostgresStore:
             "live": [] if routing is None else list(routing.live_versions),
         }
         async with self._tx() as conn:
-            rows = await (await conn.execute(CLAIM_RUNS, params)).fetchall()
+            grants = await _grants(conn, limits, now)
+            # limited agents one by one, each capped by its grant; then all the others
+            batches: list[tuple[list[str], Allowance | None]] = [
+                ([g.agent], g) for g in grants.values() if g.left > 0
+            ]
+            batches.append(([a for a in agents if a not in grants], None))
+            rows: list[Any] = []
+            for names, grant in batches:
+                room = limit - len(rows)
+                if grant is not None:
+                    room = min(room, int(grant.left))
+                if room <= 0 or not names:
+                    continue
+                cursor = await conn.execute(CLAIM_RUNS, {**params, "agents": names, "limit": room})
+                got = await cursor.fetchall()
+                if grant is not None and grant.tokens is not None:
+                    fresh = sum(1 for row in got if row[-2] != RunStatus.RUNNING)
+                    await conn.execute(
+                        SAVE_BUCKET, (BUCKET_KEY.format(grant.agent), grant.tokens - fresh, now)
+                    )
+                rows += got
             if not rows:
                 return []
             runs = [(run_from_row(row[:-2]), row[-2] == RunStatus.RUNNING, row[-1]) for row in rows]
@@ -563,6 +595,17 @@ class PostgresStore:
             if (await conn.execute(WAKE_PARENT, (now, run_id))).rowcount:
                 await conn.execute(NOTIFY)
 
+    async def continue_run(self, owner: str, run_id: str, new: NewRun, now: float) -> None:
+        output = dumps({"continued_as": new.id})
+        async with self._tx() as conn:
+            finished = await conn.execute(
+                FINISH_RUN, (str(RunStatus.COMPLETED), output, None, now, now, run_id, owner)
+            )
+            if finished.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            await conn.execute(INSERT_RUN, new_run_values(new, now))
+            await conn.execute(NOTIFY)
+
     # -- operator verbs -------------------------------------------------------------------
 
     async def request_cancel(self, run_id: str, now: float) -> Run:
@@ -626,7 +669,15 @@ class PostgresStore:
         return run
 
     async def receive_signal(
-        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+        self,
+        owner: str,
+        run_id: str,
+        name: str,
+        *,
+        seq: int,
+        step_name: str,
+        now: float,
+        sent_by: float | None = None,
     ) -> str | None:
         async with self._tx() as conn:
             lease = await conn.execute(
@@ -635,7 +686,8 @@ class PostgresStore:
             )
             if await lease.fetchone() is None:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
-            row = await (await conn.execute(TAKE_SIGNAL, (now, seq, run_id, name))).fetchone()
+            taken = await conn.execute(TAKE_SIGNAL, (now, seq, run_id, name, sent_by, sent_by))
+            row = await taken.fetchone()
             if row is None:
                 return None
             payload = str(row[0])
@@ -709,6 +761,25 @@ class PostgresStore:
         async with self._tx() as conn:
             rows = await (await conn.execute(VERSION_SUMMARY)).fetchall()
         return [(row[0], row[1], row[2]) for row in rows]
+
+
+async def _grants(
+    conn: Connection, limits: Sequence[FlowLimit], now: float
+) -> dict[str, Allowance]:
+    """Serialise claimers of each limited agent (advisory locks, always taken in name
+    order so two claimers cannot deadlock) and work out what this claim may take."""
+    grants: dict[str, Allowance] = {}
+    for flow in sorted(limits, key=lambda f: f.agent):
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"nonstop:{flow.agent}",))
+        running = await (await conn.execute(COUNT_RUNNING, (flow.agent, now))).fetchone()
+        bucket = await (
+            await conn.execute(SELECT_BUCKET, (BUCKET_KEY.format(flow.agent),))
+        ).fetchone()
+        grant = allowance(flow, running[0] if running else 0, bucket, now)
+        grants[flow.agent] = grant
+        if grant.reason is not None:
+            await conn.execute(HOLD_BACK, (grant.reason, flow.agent, now))
+    return grants
 
 
 async def _histories(conn: Connection, run_ids: list[str]) -> dict[str, History]:

@@ -35,6 +35,7 @@ from nonstop.models import (
     completed_step,
 )
 from nonstop.store import migrations
+from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
     NEW_RUN_FIELDS,
@@ -50,7 +51,7 @@ from nonstop.store._rows import (
     step_values,
 )
 from nonstop.store._sqlite_writer import SQLiteWriter
-from nonstop.store.base import Claimed, LeaseLost, NewRun, NodeInfo, Routing
+from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NewRun, NodeInfo, Routing
 
 _READ_THREADS = 4
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
@@ -63,7 +64,7 @@ INSERT_RUN = (
 )
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 SELECT_DUE = (
-    "SELECT id, status, app_version FROM runs"
+    "SELECT id, status, app_version, agent FROM runs"
     " WHERE due_at <= :now AND agent IN (SELECT value FROM json_each(:agents)) AND ("
     " :version IS NULL"
     " OR (app_version IS NULL AND route >= :fresh_from AND route < :fresh_to)"
@@ -77,6 +78,15 @@ CLAIM_RUN = (
     " started_at = coalesce(started_at, ?), app_version = coalesce(?, app_version)"
     f" WHERE id = ? RETURNING {RUN_COLUMNS}"
 )
+COUNT_RUNNING = (
+    "SELECT count(*) FROM runs WHERE agent = ? AND status = 'running' AND lease_expires > ?"
+)
+SELECT_BUCKET = "SELECT tokens, updated_at FROM rate_limits WHERE key = ?"
+SAVE_BUCKET = (
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (?, ?, ?)"
+    " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
+)
+HOLD_BACK = "UPDATE runs SET wait_reason = ? WHERE agent = ? AND status = 'pending' AND due_at <= ?"
 UPSERT_NODE = (
     "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -152,7 +162,7 @@ INSERT_SIGNAL = "INSERT INTO signals (run_id, name, payload, created_at) VALUES 
 WAKE_WAITING = "UPDATE runs SET due_at = ? WHERE id = ? AND status = 'waiting'"
 SELECT_SIGNAL = (
     "SELECT id, payload FROM signals WHERE run_id = ? AND name = ? AND consumed_at IS NULL"
-    " ORDER BY id LIMIT 1"
+    " AND (? IS NULL OR created_at <= ?) ORDER BY id LIMIT 1"
 )
 CONSUME_SIGNAL = "UPDATE signals SET consumed_at = ?, consumed_seq = ? WHERE id = ?"
 SELECT_CHILDREN = f"SELECT {RUN_COLUMNS} FROM runs WHERE parent_id = ? ORDER BY created_at, id"
@@ -411,6 +421,7 @@ class SQLiteStore:
         now: float,
         lease_ttl: float,
         routing: Routing | None = None,
+        limits: Sequence[FlowLimit] = (),
     ) -> list[Claimed]:
         expires = now + lease_ttl
         version = None if routing is None else routing.version
@@ -425,8 +436,26 @@ class SQLiteStore:
         }
 
         def op(conn: sqlite3.Connection) -> list[Claimed]:
+            grants: dict[str, Allowance] = {}
+            for flow in limits:
+                running = conn.execute(COUNT_RUNNING, (flow.agent, now)).fetchone()[0]
+                bucket = conn.execute(SELECT_BUCKET, (BUCKET_KEY.format(flow.agent),)).fetchone()
+                grant = allowance(flow, running, bucket, now)
+                grants[flow.agent] = grant
+                if grant.reason is not None:
+                    conn.execute(HOLD_BACK, (grant.reason, flow.agent, now))
+            open_agents = [a for a in agents if a not in grants or grants[a].left > 0]
             claimed = []
-            for run_id, status, previous in conn.execute(SELECT_DUE, params).fetchall():
+            due = conn.execute(SELECT_DUE, {**params, "agents": dumps(open_agents)}).fetchall()
+            for run_id, status, previous, agent in due:
+                held = grants.get(agent)
+                if held is not None:
+                    grant = held
+                    if grant.left <= 0:
+                        continue
+                    grant.left -= 1
+                    if grant.tokens is not None and status != RunStatus.RUNNING:
+                        grant.tokens -= 1  # a recovery is not a new execution
                 row = conn.execute(
                     CLAIM_RUN, (owner, expires, expires, now, now, now, version, run_id)
                 ).fetchone()
@@ -439,6 +468,10 @@ class SQLiteStore:
                     )
                 history = _history(conn, run_id, run.attempt)
                 claimed.append(Claimed(run, history, recovered, previous))
+            for grant in grants.values():
+                if grant.tokens is not None:
+                    key = BUCKET_KEY.format(grant.agent)
+                    conn.execute(SAVE_BUCKET, (key, grant.tokens, now))
             return claimed
 
         return await self._write.submit(op)
@@ -581,6 +614,21 @@ class SQLiteStore:
 
         await self._write.submit(op)
 
+    async def continue_run(self, owner: str, run_id: str, new: NewRun, now: float) -> None:
+        output = dumps({"continued_as": new.id})
+        values = new_run_values(new, now)
+
+        def op(conn: sqlite3.Connection) -> None:
+            finished = conn.execute(
+                FINISH_RUN, (str(RunStatus.COMPLETED), output, None, now, now, run_id, owner)
+            )
+            if finished.rowcount != 1:
+                raise LeaseLost(f"run {run_id} is not held by {owner}")
+            conn.execute(INSERT_RUN, values)
+
+        await self._write.submit(op)
+        self._announce()
+
     # -- operator verbs -------------------------------------------------------------------
 
     async def request_cancel(self, run_id: str, now: float) -> Run:
@@ -656,11 +704,19 @@ class SQLiteStore:
         return run
 
     async def receive_signal(
-        self, owner: str, run_id: str, name: str, *, seq: int, step_name: str, now: float
+        self,
+        owner: str,
+        run_id: str,
+        name: str,
+        *,
+        seq: int,
+        step_name: str,
+        now: float,
+        sent_by: float | None = None,
     ) -> str | None:
         def op(conn: sqlite3.Connection) -> str | None:
             _check_lease(conn, run_id, owner)
-            found = conn.execute(SELECT_SIGNAL, (run_id, name)).fetchone()
+            found = conn.execute(SELECT_SIGNAL, (run_id, name, sent_by, sent_by)).fetchone()
             if found is None:
                 return None
             signal_id, payload = found
