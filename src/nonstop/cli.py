@@ -314,7 +314,10 @@ def show(
         history = await store.load_history(run_id)
         attempts = await store.list_attempts(run_id)
         incidents = await store.list_incidents(run_id)
-        return run_detail(run, list(history.steps.values()), attempts, incidents, time.time())
+        children = await store.list_children(run_id)
+        return run_detail(
+            run, list(history.steps.values()), attempts, incidents, time.time(), children
+        )
 
     detail = _with_store(url, go)
     if as_json:
@@ -329,6 +332,11 @@ def _print_detail(detail: dict[str, Any]) -> None:
         f"status {detail['status']}  attempt {detail['attempt']}"
     )
     _out.print(f"why: {detail['why']}")
+    if detail["parent_id"]:
+        _out.print(f"parent: {detail['parent_id']}")
+    if detail["children"]:
+        states = ", ".join(f"{n} {status}" for status, n in sorted(detail["children"].items()))
+        _out.print(f"children: {states}")
     _out.print(f"input: {json.dumps(detail['input'])}")
     if detail["status"] == "completed":
         _out.print(f"output: {json.dumps(detail['output'])}")

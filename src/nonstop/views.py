@@ -113,11 +113,18 @@ def run_detail(
     attempts: list[Attempt],
     incidents: list[Incident],
     now: float,
+    children: list[Run] | None = None,
 ) -> dict[str, Any]:
-    """A run with its steps, failed attempts and incidents: what `show` prints."""
+    """A run with its steps (compensations last), failed attempts, incidents and child
+    runs by status: what `show` prints."""
+    counts: dict[str, int] = {}
+    for child in children or []:
+        counts[str(child.status)] = counts.get(str(child.status), 0) + 1
+    ordered = sorted(steps, key=lambda s: (s.seq < 0, abs(s.seq)))
     return {
         **run_dict(run, now),
-        "steps": [step_dict(s) for s in sorted(steps, key=lambda s: s.seq)],
+        "steps": [step_dict(s) for s in ordered],
         "attempts": [attempt_dict(a) for a in attempts],
         "incidents": [incident_dict(i) for i in incidents],
+        "children": counts,
     }

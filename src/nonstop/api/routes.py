@@ -142,6 +142,7 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
             await store.list_attempts(run_id),
             await store.list_incidents(run_id),
             time.time(),
+            await store.list_children(run_id),
         )
         return JSONResponse(detail)
 
