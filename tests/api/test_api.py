@@ -46,7 +46,7 @@ TOKEN = "secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 AGENTS = ("greet", "flaky", "tally")
 FINISHED = ("completed", "dead", "cancelled")
-TABLES = ("runs", "steps", "step_attempts", "incidents")
+TABLES = ("runs", "steps", "step_attempts", "incidents", "signals", "events")
 
 
 @dataclass
@@ -1005,3 +1005,23 @@ def test_control_characters_never_address_a_run(make_harness: HarnessFactory) ->
     assert_error(harness.client.get("/api/runs/" + path_id("plain\n")), 404)
     assert_error(harness.client.post("/api/runs/plain/cancel" + path_id("\n")), 404)
     assert harness.snapshot() == before
+
+
+def test_signals_and_events_over_http(make_harness: HarnessFactory) -> None:
+    harness = make_harness(raise_server_exceptions=False)
+    harness.start("greet", "s1", {"name": "x"})
+    response = harness.client.post("/api/runs/s1/signal/go", json={"ok": True})
+    assert response.status_code == 200 and response.json()["signal"] == "go"
+    assert harness.query("SELECT name, payload FROM signals") == [("go", '{"ok":true}')]
+    assert_error(harness.client.post("/api/runs/nope/signal/go", json=1), 404)
+    assert_error(harness.client.post("/api/runs/s1/signal/go", content=b"{bad"), 400)
+    created = harness.client.post(
+        "/api/events/lead.created", json={"email": "a@x"}, headers={"Idempotency-Key": "e1"}
+    )
+    assert created.status_code == 202 and created.json()["event_id"] == "e1"
+    again = harness.client.post(
+        "/api/events/lead.created", json={"email": "a@x"}, headers={"Idempotency-Key": "e1"}
+    )
+    assert again.status_code == 200 and again.json()["created"] is False
+    assert harness.count("events") == 1
+    assert_error(harness.client.post("/api/events/x", json=[1]), 400)

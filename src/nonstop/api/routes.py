@@ -154,6 +154,24 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         run = await store.resume_run(request.path_params["run_id"], time.time())
         return JSONResponse(run_dict(run, time.time()))
 
+    async def signal_run(request: Request) -> Response:
+        raw = await request.body()
+        try:
+            data = json.loads(raw) if raw else None
+        except (ValueError, RecursionError) as exc:
+            raise _ApiError(400, f"request body is not valid JSON: {exc}") from None
+        run = await runtime.signal(request.path_params["run_id"], request.path_params["name"], data)
+        return JSONResponse({**run_dict(run, time.time()), "signal": request.path_params["name"]})
+
+    async def emit_event(request: Request) -> Response:
+        data = await body(request)
+        event_id = request.headers.get("idempotency-key")
+        chosen, created = await runtime.emit(request.path_params["topic"], data, event_id)
+        return JSONResponse(
+            {"event_id": chosen, "topic": request.path_params["topic"], "created": created},
+            status_code=202 if created else 200,
+        )
+
     async def list_dlq(request: Request) -> Response:
         limit = _int_param(request, "limit", 50)
         found = await store.list_runs(status=RunStatus.DEAD, limit=limit)
@@ -235,6 +253,8 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         Route("/api/runs", list_runs, methods=["GET"]),
         Route("/api/runs/{run_id:path}/cancel", cancel_run, methods=["POST"]),
         Route("/api/runs/{run_id:path}/resume", resume_run, methods=["POST"]),
+        Route("/api/runs/{run_id:path}/signal/{name}", signal_run, methods=["POST"]),
+        Route("/api/events/{topic}", emit_event, methods=["POST"]),
         Route("/api/runs/{run_id:path}", get_run, methods=["GET"]),
         Route("/api/dlq", list_dlq, methods=["GET"]),
         Route("/api/dlq/{run_id:path}/replay", replay_dlq, methods=["POST"]),
@@ -304,6 +324,10 @@ def _op(
     return operation
 
 
+def _path_param(name: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+
+
 _RUN_ID = {"name": "run_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _QUERY = [
     {"name": "agent", "in": "query", "required": False, "schema": {"type": "string"}},
@@ -337,6 +361,22 @@ OPENAPI: dict[str, Any] = {
         "/api/runs/{run_id}/cancel": {"post": _op("Cancel a run", "200", _RUN, params=[_RUN_ID])},
         "/api/runs/{run_id}/resume": {
             "post": _op("Resume a paused run", "200", _RUN, params=[_RUN_ID])
+        },
+        "/api/runs/{run_id}/signal/{name}": {
+            "post": _op(
+                "Send a signal (the body is its JSON data)",
+                "200",
+                _RUN,
+                params=[_RUN_ID, _path_param("name")],
+            )
+        },
+        "/api/events/{topic}": {
+            "post": _op(
+                "Publish an event (the body is its JSON object payload)",
+                "202",
+                {"type": "object"},
+                params=[_path_param("topic")],
+            )
         },
         "/api/dlq": {
             "get": _op("Dead runs", "200", {"type": "array", "items": _RUN}, params=_QUERY[2:])
