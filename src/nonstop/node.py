@@ -13,6 +13,7 @@ import contextlib
 import ipaddress
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,6 +24,7 @@ from nonstop.app import App, Runtime
 from nonstop.errors import ConfigError, NonstopError, StoreUnavailable
 from nonstop.observe.logging import configure, get_logger
 from nonstop.store import open_store
+from nonstop.supervisor import SystemdNotifier
 
 log = get_logger("nonstop.node")
 
@@ -62,6 +64,8 @@ class Node:
         self.settings = settings
         self.state = NodeState()
         self.token = os.environ.get("NONSTOP_API_TOKEN") or None
+        self.systemd = SystemdNotifier()
+        self._watchdog: asyncio.Task[None] | None = None
 
     def run(self) -> int:
         """Serve until told to stop; return the process exit code."""
@@ -87,6 +91,7 @@ class Node:
                 grace_period=self.settings.grace_period,
             )
             self.state.draining = True
+            self.systemd.notify("STOPPING=1")
             stop.set()
 
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -128,10 +133,23 @@ class Node:
             log.info("node_stopped")
             return 0
         finally:
-            for task in (starting, stopping, serving):
+            tasks = [starting, stopping, serving, *([self._watchdog] if self._watchdog else [])]
+            for task in tasks:
                 task.cancel()
-            await asyncio.gather(starting, stopping, serving, return_exceptions=True)
+            await asyncio.gather(*tasks, return_exceptions=True)
             await runtime.close()
+
+    async def _ping_watchdog(self, runtime: Runtime) -> None:
+        """WATCHDOG=1 while the executor loop keeps ticking: a wedged loop stops the pings
+        and systemd restarts the node (`WatchdogSec=`)."""
+        assert self.systemd.watchdog_interval is not None
+        while True:
+            executor = runtime.executor
+            if executor is not None and time.monotonic() - executor.last_tick < (
+                self.state.live_within
+            ):
+                self.systemd.notify("WATCHDOG=1")
+            await asyncio.sleep(self.systemd.watchdog_interval)
 
     async def _start(self, runtime: Runtime) -> None:
         """Open the store (waiting out an unreachable database), start the executor, and
@@ -152,6 +170,9 @@ class Node:
             canary_share=self.settings.canary_share,
         )
         self.state.started = True
+        self.systemd.notify("READY=1")
+        if self.systemd.watchdog_interval is not None:
+            self._watchdog = asyncio.create_task(self._ping_watchdog(runtime))
         log.info(
             "node_started",
             app=self.app.name,

@@ -66,3 +66,18 @@ def test_database_and_token_come_from_the_secret() -> None:
     (secret,) = documents("secret.example.yaml")
     assert secret["stringData"]["database-url"].startswith("postgresql://")
     assert deployment["spec"]["replicas"] >= 2  # many nodes share the work
+
+
+def test_the_systemd_unit_restarts_with_sense_and_waits_for_the_drain() -> None:
+    unit: dict[str, str] = {}
+    for line in (DEPLOY / "systemd" / "nonstop.service").read_text().splitlines():
+        key, sep, value = line.partition("=")
+        if sep and not line.startswith("#"):
+            unit[key.strip()] = value.strip()
+    assert unit["Type"] == "notify" and unit["Restart"] == "on-failure"
+    assert unit["KillSignal"] == "SIGTERM"
+    assert float(unit["RestartSec"].removesuffix("s")) > 0
+    assert float(unit["WatchdogSec"].removesuffix("s")) > 0
+    exec_args = unit["ExecStart"].split()
+    grace = float(exec_args[exec_args.index("--grace-period") + 1])
+    assert float(unit["TimeoutStopSec"].removesuffix("s")) > grace
