@@ -18,6 +18,7 @@ from nonstop.errors import (
     UnknownAgent,
 )
 from nonstop.models import RunStatus
+from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "InvalidInput",
     "NonDeterminismError",
     "NonstopError",
+    "Restart",
     "Retry",
     "RunCancelled",
     "RunFailed",

@@ -32,6 +32,7 @@ from nonstop.executor import Executor
 from nonstop.models import JSON, Run, RunStatus
 from nonstop.policies.durations import Duration, optional_seconds
 from nonstop.policies.ratelimit import Rate
+from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
 from nonstop.policies.schedule import Schedule
 from nonstop.scheduler import Scheduler
@@ -58,6 +59,8 @@ class Agent:
     priority: int = 0
     concurrency: int | None = None
     rate: Rate | None = None
+    heartbeat_timeout: float | None = None
+    restart: Restart | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -297,6 +300,8 @@ class App:
         priority: int = 0,
         concurrency: int | None = None,
         rate: str | None = None,
+        heartbeat_timeout: Duration | None = None,
+        restart: Restart | None = None,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -317,6 +322,8 @@ class App:
         priority: int = 0,
         concurrency: int | None = None,
         rate: str | None = None,
+        heartbeat_timeout: Duration | None = None,
+        restart: Restart | None = None,
     ) -> Agent | Callable[[Handler], Agent]:
         """Declare an agent.
 
@@ -328,7 +335,10 @@ class App:
         event of a topic (a name, a glob like `"lead.*"`, or a list). Higher `priority`
         runs are claimed first. `concurrency=N` caps the agent's runs executing at once and
         `rate="60/min"` the runs it starts per period, across all nodes; runs over a limit
-        wait as `pending`, none are dropped."""
+        wait as `pending`, none are dropped. `heartbeat_timeout` declares a run unhealthy
+        when no step completes and no `ctx.heartbeat` comes for that long (a wedged loop),
+        and `restart` says how it (or a run that crashed its node) is restarted and when a
+        human takes over (default without `restart=`: restart at once, never escalate)."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -362,6 +372,8 @@ class App:
                 priority=priority,
                 concurrency=concurrency,
                 rate=None if rate is None else Rate.parse(rate),
+                heartbeat_timeout=optional_seconds(heartbeat_timeout),
+                restart=restart,
             )
             self.agents[agent_name] = declared
             return declared

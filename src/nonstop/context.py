@@ -82,6 +82,7 @@ class Interrupt(BaseException):
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease lost"
+    RESTART = "restart"
     STORE_FAILED = "store failed"
 
     def __init__(self, why: str) -> None:
@@ -131,6 +132,7 @@ class Context:
         self._threads = threads
         self._seq = 0
         self._beat_written = time.time()  # the claim itself recorded a heartbeat
+        self.last_beat = time.monotonic()  # progress seen: a step completed, a heartbeat
         self.fatal: BaseException | None = None  # replay error the handler must not swallow
         self.cancel_requested = run.cancel_requested
         self.abandoned = False
@@ -186,6 +188,18 @@ class Context:
             )
             raise self.fatal
         return record
+
+    def validate_history(self) -> None:
+        """Check every record's checksum before replaying any of them (a restart must not
+        resume from a damaged history); raise CorruptCheckpoint, fatal, on the first bad one."""
+        for seq in sorted(self._history.steps):
+            record = self._history.steps[seq]
+            if checksum(seq, record.name, record.status, record.payload) != record.checksum:
+                self.fatal = CorruptCheckpoint(
+                    f"run {self.run_id}: step {seq} ({record.name}) failed its checksum;"
+                    " the run is paused instead of replaying corrupt data"
+                )
+                raise self.fatal
 
     def _nondeterminism(self, seq: int, recorded: str, called: str) -> None:
         self.fatal = NonDeterminismError(
@@ -349,6 +363,7 @@ class Context:
             started_at=started,
             finished_at=time.time(),
         )
+        self.last_beat = time.monotonic()
         # A step is a heartbeat; writing it to the run's row once a second is enough.
         beat = record.finished_at - self._beat_written >= BEAT_EVERY
         if beat:
@@ -621,6 +636,7 @@ class Context:
         """Tell the store this run is alive and what it is doing (not part of replay)."""
         self._check_alive()
         encode(fields, "heartbeat fields")
+        self.last_beat = time.monotonic()
         beat = self._store.heartbeat(self._owner, self.run_id, status, fields, time.time())
         if await self._durably(beat):
             self.cancel_requested = True

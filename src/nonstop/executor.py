@@ -29,6 +29,7 @@ from nonstop.errors import (
 )
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
+from nonstop.policies.durations import seconds
 from nonstop.policies.retry import gives_up
 from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NodeInfo, Routing, Store
 
@@ -72,8 +73,9 @@ def owner_is_dead(owner: str) -> bool:
 class _Active:
     ctx: Context
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # Interrupt.CANCELLED or Interrupt.SHUTDOWN
+    stop_reason: str | None = None  # Interrupt.CANCELLED, SHUTDOWN or RESTART
     settling: bool = False  # the handler has ended; only bookkeeping is left
+    unhealthy: bool = False  # the watchdog saw it miss its heartbeat timeout
     done: asyncio.Event = field(default_factory=asyncio.Event)
 
 
@@ -150,6 +152,10 @@ class Executor:
             asyncio.create_task(self._claim_loop(), name="nonstop-claim"),
             asyncio.create_task(self._lease_loop(), name="nonstop-leases"),
         ]
+        watched = [a.heartbeat_timeout for a in self.app.agents.values() if a.heartbeat_timeout]
+        if watched:
+            every = min(1.0, min(watched) / 4)
+            self._tasks.append(asyncio.create_task(self._watch_loop(every), name="nonstop-watch"))
 
     async def stop(self, grace_period: float = 30.0) -> None:
         """Stop claiming, let runs in flight reach a resting state within `grace_period`,
@@ -221,6 +227,88 @@ class Executor:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(delay):
                 await self._wakeup.wait()
+
+    async def _watch_loop(self, every: float) -> None:
+        """The watchdog: a run whose handler made no progress (no step completed, no
+        `ctx.heartbeat`) within its agent's `heartbeat_timeout` is unhealthy; after two
+        timeouts it is stopped (a wedged sync handler is abandoned) and restarted per its
+        agent's restart policy. Catches handlers stuck in a blocking call, not only dead
+        processes."""
+        while True:
+            await asyncio.sleep(every)
+            now = time.monotonic()
+            for run_id, active in list(self._active.items()):
+                limit = self.app.agents[active.ctx.agent].heartbeat_timeout
+                if limit is None or active.settling or active.stop_reason is not None:
+                    continue
+                silent = now - active.ctx.last_beat
+                if silent > limit and not active.unhealthy:
+                    active.unhealthy = True
+                    detail = f"no heartbeat or step for {silent:.1f}s (timeout {limit:g}s)"
+                    log.warning(
+                        "missed_heartbeat",
+                        agent=active.ctx.agent,
+                        run_id=run_id,
+                        silent_s=round(silent, 3),
+                    )
+                    with contextlib.suppress(Exception):
+                        await self.store.add_incident(
+                            Incident(
+                                run_id, active.ctx.agent, "missed_heartbeat", detail, time.time()
+                            )
+                        )
+                if silent > 2 * limit:
+                    log.error(
+                        "alert",
+                        kind="missed_heartbeat",
+                        agent=active.ctx.agent,
+                        run_id=run_id,
+                        silent_s=round(silent, 3),
+                    )
+                    self._stop_run(run_id, Interrupt.RESTART)
+
+    async def _restart(self, agent: Agent, run_id: str, reason: str) -> None:
+        """Park a stopped or crashed run for a restart after the policy's cooldown, or,
+        after too many restarts within the window, pause it for a human (`escalated`)."""
+        now = time.time()
+        policy = agent.restart
+        recent = 0
+        if policy is not None:
+            since = now - seconds(policy.window)
+            incidents = await self.store.list_incidents(run_id, limit=10_000)
+            recent = sum(1 for i in incidents if i.kind == "restarted" and i.at >= since)
+            if not policy.decide(recent):
+                why = f"escalated after {recent} restart(s) ({reason})"
+                await self.store.park_run(
+                    self.owner,
+                    run_id,
+                    status=RunStatus.PAUSED,
+                    wake_at=None,
+                    reason=f"paused: {why}; `nonstop resume` continues it",
+                    now=now,
+                )
+                await self.store.add_incident(Incident(run_id, agent.name, "escalated", why, now))
+                log.error("alert", kind="escalated", agent=agent.name, run_id=run_id, reason=why)
+                return
+        wake = now + (0.0 if policy is None else seconds(policy.cooldown))
+        count = f"{recent + 1}" + ("" if policy is None else f" of {policy.max_restarts}")
+        await self.store.park_run(
+            self.owner,
+            run_id,
+            status=RunStatus.SLEEPING,
+            wake_at=wake,
+            reason=f"restart {count} after {reason}, at {iso(wake)}",
+            now=now,
+        )
+        await self.store.add_incident(Incident(run_id, agent.name, "restarted", reason, now))
+        log.warning(
+            "run_restarting",
+            agent=agent.name,
+            run_id=run_id,
+            reason=reason,
+            restart=recent + 1,
+            at=iso(wake),
+        )
 
     async def _lease_loop(self) -> None:
         while True:
@@ -321,6 +409,15 @@ class Executor:
         run = claimed.run
         agent = self.app.agents[run.agent]
         if not await self._accept_version(claimed):
+            return
+        if claimed.recovered and agent.restart is not None:
+            # its node died with it: a crash counts as a restart (a crash loop escalates)
+            await self._restart(agent, run.id, "crash of its node")
+            return
+        try:
+            ctx.validate_history()  # before any replay: checksums of every record
+        except CorruptCheckpoint:
+            await self._settle_failure(agent, ctx, ctx.fatal or Exception(), time.time())
             return
         started = time.monotonic()
         outcome: Any = None
@@ -424,6 +521,9 @@ class Executor:
                     self.owner, run_id, status=status, now=time.time(), error=undo_error
                 )
                 log.info("run_cancelled", agent=name, run_id=run_id)
+                return
+            if failure.why == Interrupt.RESTART:
+                await self._restart(agent, run_id, "missed heartbeats")
                 return
             if failure.why != Interrupt.TIMEOUT:
                 # shutdown, lost lease, store down: the run rests on its checkpoints until

@@ -1,5 +1,6 @@
 """Policies: pure decisions (retry, ...) with no I/O; the executor applies them."""
 
+from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
 
-__all__ = ["Retry"]
+__all__ = ["Restart", "Retry"]

@@ -1,0 +1,91 @@
+"""The watchdog catches handlers wedged in blocking calls; restarts cool down and escalate."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+
+import nonstop
+from nonstop import Restart, RunStatus
+from tests.conftest import AppFactory
+from tests.unit.test_durable_runs import query, wait_status
+
+
+def test_a_wedged_handler_is_restarted_then_escalated_then_resumed(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    wedge = threading.Event()
+    wedge.set()
+    entered: list[float] = []
+
+    def stuck_call() -> str:
+        entered.append(time.monotonic())
+        while wedge.is_set():  # a socket read that never returns, a deadlock...
+            time.sleep(0.01)
+        return "unstuck"
+
+    @app.agent(heartbeat_timeout=0.3, restart=Restart(cooldown=0.2, max_restarts=2, window="1h"))
+    def fragile(ctx: nonstop.SyncContext) -> str:
+        ctx.heartbeat("starting")
+        return str(stuck_call())  # called inline: the handler's own thread wedges
+
+    with app.worker(poll_interval=0.02):
+        handle = app.start(fragile)
+        wait_status(handle, RunStatus.PAUSED, timeout=20)
+        reason = handle.get().wait_reason or ""
+        assert "escalated after 2 restart(s) (missed heartbeats)" in reason
+        kinds = [k for (k,) in query(app, "SELECT kind FROM incidents ORDER BY id")]
+        assert kinds.count("restarted") == 2 and kinds[-1] == "escalated"
+        assert kinds.count("missed_heartbeat") == 3  # once per stuck execution
+        gaps = [b - a for a, b in itertools.pairwise(entered)]
+        assert len(entered) == 3 and all(g >= 0.2 + 0.6 for g in gaps)  # 2 timeouts + cooldown
+        wedge.clear()  # a human fixed the cause
+        app._call(lambda rt: rt.store.resume_run(handle.run_id, time.time()))
+        assert handle.result(10) == "unstuck"
+
+
+def test_beating_and_progressing_runs_are_left_alone(make_app: AppFactory) -> None:
+    app = make_app()
+
+    def tick() -> None:
+        time.sleep(0.05)
+
+    @app.agent(heartbeat_timeout=0.2, restart=Restart(cooldown=0, max_restarts=0))
+    def busy(ctx: nonstop.SyncContext) -> int:
+        for _ in range(20):  # one second of work, a step every 50 ms
+            ctx.step(tick)
+        return 20
+
+    with app.worker(poll_interval=0.02):
+        assert app.start(busy).result(10) == 20
+    assert query(app, "SELECT kind FROM incidents") == []
+
+
+def test_a_crash_loop_escalates(make_app: AppFactory) -> None:
+    app = make_app()
+
+    @app.agent(restart=Restart(cooldown=60, max_restarts=1))
+    async def doomed(ctx: nonstop.Context) -> None:
+        return None
+
+    handle = app.start(doomed)
+
+    def crash_holding_it(at: float) -> None:
+        """A node claims the run at `at` and dies: its lease has already lapsed."""
+        claimed = app._call(
+            lambda rt: rt.store.claim_runs(
+                "dead-node", agents=["doomed"], limit=1, now=at, lease_ttl=time.time() - at - 1
+            )
+        )
+        assert [c.run.id for c in claimed] == [handle.run_id]
+
+    crash_holding_it(time.time())
+    with app.worker(poll_interval=0.02):
+        wait_status(handle, RunStatus.SLEEPING)
+    assert "restart 1 of 1 after crash of its node" in (handle.get().wait_reason or "")
+    crash_holding_it(time.time() + 120)  # after the cooldown, its next node dies too
+    with app.worker(poll_interval=0.02):
+        wait_status(handle, RunStatus.PAUSED)
+    assert "escalated after 1 restart(s) (crash of its node)" in (handle.get().wait_reason or "")
