@@ -69,7 +69,9 @@ def main() -> None:
     command = typer.main.get_command(cli)
     try:
         args = sys.argv[1:] or ["--help"]
-        command.main(args, prog_name="nonstop", standalone_mode=False)
+        code = command.main(args, prog_name="nonstop", standalone_mode=False)
+        if isinstance(code, int) and code:  # a command's typer.Exit(code)
+            sys.exit(code)
     except typer.Abort:
         _fail("aborted", 130)
     except typer.Exit as exc:
@@ -610,3 +612,77 @@ def schedules(
             row["last_status"] or "",
         )
     _out.print(table)
+
+
+@cli.command()
+def health(
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Each agent's state and last heartbeat age; exit 1 if anything is unhealthy.
+
+    Unhealthy: a running run silent for longer than its agent's heartbeat_timeout, or a run
+    paused after escalation. Dead runs are counted (see `nonstop dlq list`) but not fatal."""
+    app, url = _resolve(app_spec, db, need_app=True)
+    assert app is not None
+    active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.DEAD]
+
+    async def go(store: Store) -> dict[RunStatus, list[Run]]:
+        return {s: await store.list_runs(status=s, limit=0) for s in active}
+
+    found = _with_store(url, go)
+    now = time.time()
+    report: list[dict[str, Any]] = []
+    for agent in app.agents.values():
+        running = [r for r in found[RunStatus.RUNNING] if r.agent == agent.name]
+        beats = [r.heartbeat_at or r.started_at or r.updated_at for r in running]
+        age = round(now - min(beats), 1) if beats else None
+        silent = [
+            r.id
+            for r in running
+            if agent.heartbeat_timeout is not None
+            and now - (r.heartbeat_at or r.started_at or r.updated_at) > agent.heartbeat_timeout
+        ]
+        escalated = [
+            r.id
+            for r in found[RunStatus.PAUSED]
+            if r.agent == agent.name and "escalated" in (r.wait_reason or "")
+        ]
+        dead = sum(1 for r in found[RunStatus.DEAD] if r.agent == agent.name)
+        state = "unhealthy" if silent or escalated else ("running" if running else "idle")
+        report.append(
+            {
+                "agent": agent.name,
+                "state": state,
+                "running": len(running),
+                "oldest_heartbeat_age_seconds": age,
+                "heartbeat_timeout": agent.heartbeat_timeout,
+                "silent_runs": silent,
+                "escalated_runs": escalated,
+                "dead_runs": dead,
+                "isolation": "inline",
+            }
+        )
+    unhealthy = any(row["state"] == "unhealthy" for row in report)
+    if as_json:
+        _print_json({"healthy": not unhealthy, "agents": report})
+    else:
+        table = Table(title="health")
+        for column in ("agent", "state", "running", "oldest beat s", "silent", "escalated", "dead"):
+            table.add_column(column, overflow="fold")
+        for row in report:
+            table.add_row(
+                row["agent"],
+                row["state"],
+                str(row["running"]),
+                ""
+                if row["oldest_heartbeat_age_seconds"] is None
+                else str(row["oldest_heartbeat_age_seconds"]),
+                ", ".join(row["silent_runs"]),
+                ", ".join(row["escalated_runs"]),
+                str(row["dead_runs"]),
+            )
+        _out.print(table)
+    if unhealthy:
+        raise typer.Exit(1)

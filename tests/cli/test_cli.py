@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
@@ -210,3 +211,35 @@ def test_the_whole_life_of_runs_through_the_cli(serving: tuple[str, Path]) -> No
     statuses = {r["run_id"]: r["status"] for r in cli_json("runs", "--db", url, "--limit", "0")}
     assert statuses == {done["run_id"]: "completed", "b1": "completed", "s1": "cancelled"}
     assert [r["run_id"] for r in cli_json("runs", "--db", url, "--status", "cancelled")] == ["s1"]
+
+
+def test_health_exits_1_when_a_run_is_escalated(db: tuple[str, Path]) -> None:
+    url, _ = db
+    healthy = cli("health", "--app", APP, "--db", url, "--json")
+    assert healthy.returncode == 0 and json.loads(healthy.stdout)["healthy"] is True
+
+    async def escalate() -> None:
+        from nonstop.models import RunStatus
+        from nonstop.store import NewRun, open_store
+
+        store = open_store(url)
+        await store.open()
+        await store.create_run(NewRun("e1", "echo", {}), time.time())
+        await store.claim_runs("n", agents=["echo"], limit=1, now=time.time(), lease_ttl=30)
+        await store.park_run(
+            "n",
+            "e1",
+            status=RunStatus.PAUSED,
+            wake_at=None,
+            reason="paused: escalated after 3 restart(s) (oom)",
+            now=time.time(),
+        )
+        await store.close()
+
+    asyncio.run(escalate())
+    sick = cli("health", "--app", APP, "--db", url, "--json")
+    assert sick.returncode == 1
+    echo = {a["agent"]: a for a in json.loads(sick.stdout)["agents"]}["echo"]
+    assert echo["state"] == "unhealthy" and echo["escalated_runs"] == ["e1"]
+    table = cli("health", "--app", APP, "--db", url)
+    assert table.returncode == 1 and "unhealthy" in table.stdout
