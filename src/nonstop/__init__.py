@@ -3,6 +3,7 @@
 from nonstop.app import Agent, App, RunHandle
 from nonstop.context import Context, SyncContext
 from nonstop.errors import (
+    BreakerOpen,
     ConfigError,
     CorruptCheckpoint,
     InvalidInput,
@@ -18,12 +19,15 @@ from nonstop.errors import (
     UnknownAgent,
 )
 from nonstop.models import RunStatus
+from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
 
 __all__ = [
     "Agent",
     "App",
+    "BreakerOpen",
+    "CircuitBreaker",
     "ConfigError",
     "Context",
     "CorruptCheckpoint",

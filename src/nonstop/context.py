@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from nonstop.errors import (
+    BreakerOpen,
     CorruptCheckpoint,
     InvalidInput,
     NonDeterminismError,
@@ -41,6 +42,7 @@ from nonstop.models import (
     completed_step,
 )
 from nonstop.observe.logging import Logger, get_logger
+from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds, seconds
 from nonstop.policies.retry import NO_RETRY, Retry
 from nonstop.store.base import LeaseLost
@@ -228,6 +230,7 @@ class Context:
         retry: Retry | None = None,
         timeout: Duration | None = None,
         compensate: Callable[[Any], Any] | None = None,
+        breaker: CircuitBreaker | None = None,
         **kwargs: Any,
     ) -> Any:
         """Run `fn(*args, **kwargs)` once, durably: its result is committed before this
@@ -238,6 +241,8 @@ class Context:
         worker thread) or async. If `fn` takes an `idempotency_key` parameter, it gets one.
         With `compensate`, the step is part of a saga: if the run finally fails or is
         cancelled, `compensate(result)` undoes it (newest step first, each durably).
+        With `breaker`, each try goes through that shared circuit breaker: while it is open
+        the try fails at once with BreakerOpen, without calling `fn`.
         """
         seq = self._next_seq()
         step_name = name or step_name_of(fn)
@@ -246,7 +251,9 @@ class Context:
             result = self._replay(record)
         else:
             self._check_cancel()
-            result = await self._execute(seq, step_name, fn, args, kwargs, retry, timeout)
+            result = await self._execute(
+                seq, step_name, fn, args, kwargs, retry, timeout, breaker=breaker
+            )
         if compensate is not None:
             self._compensations.append((step_name, compensate, result))
         return result
@@ -262,6 +269,7 @@ class Context:
         timeout: Duration | None,
         *,
         park_long_waits: bool = True,
+        breaker: CircuitBreaker | None = None,
     ) -> Any:
         """Execute a step that has no record: try, retry per policy, commit the outcome."""
         policy = retry or NO_RETRY
@@ -278,9 +286,13 @@ class Context:
             started = time.time()
             first_start = first_start or started
             try:
+                if breaker is not None:
+                    await self._through_breaker(breaker)
                 result = await self._call(fn, args, kwargs, limit, key)
                 payload = encode(result, f"the result of step {step_name!r}")
             except Exception as exc:
+                if breaker is not None and not isinstance(exc, BreakerOpen):
+                    await self._tell_breaker(breaker, ok=False)
                 failures += 1
                 done = time.time()
                 retrying = policy.should_retry(exc, failures) and not isinstance(exc, InvalidInput)
@@ -312,10 +324,28 @@ class Context:
                     seq, step_name, StepStatus.FAILED, _error_payload(exc), failures, first_start
                 )
                 raise StepFailed(attempt.error["type"], str(exc)) from exc
+            if breaker is not None:
+                await self._tell_breaker(breaker, ok=True)
             await self._commit(
                 seq, step_name, StepStatus.COMPLETED, payload, failures + 1, first_start
             )
             return json.loads(payload)
+
+    async def _through_breaker(self, breaker: CircuitBreaker) -> None:
+        now = time.time()
+        admitted = await self._durably(
+            self._store.update_breaker(breaker.name, lambda state: breaker.admit(state, now))
+        )
+        if not admitted:
+            raise BreakerOpen(f"circuit breaker {breaker.name!r} is open: not called")
+
+    async def _tell_breaker(self, breaker: CircuitBreaker, *, ok: bool) -> None:
+        now = time.time()
+        await self._durably(
+            self._store.update_breaker(
+                breaker.name, lambda state: (None, breaker.record(state, ok, now))
+            )
+        )
 
     async def compensate(self) -> None:
         """Undo the saga: call each completed step's `compensate(result)`, newest first.

@@ -50,6 +50,10 @@ class StepTimeout(NonstopError, TimeoutError):
     """A step ran longer than its `timeout=`."""
 
 
+class BreakerOpen(NonstopError):
+    """A circuit breaker is open: the call was not made (the dependency keeps failing)."""
+
+
 class RunTimeout(NonstopError, TimeoutError):
     """An execution of a run took longer than the agent's `timeout=`."""
 

@@ -10,6 +10,7 @@ import pytest
 
 from nonstop.errors import RunNotFound, StoreError
 from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus, checksum
+from nonstop.policies.breaker import BreakerState
 from nonstop.store import LeaseLost, NewRun, Store
 from nonstop.store.base import NodeInfo, Routing
 
@@ -445,3 +446,22 @@ def test_nodes_register_refresh_and_leave(store: Store, runner: asyncio.Runner) 
         assert [n.id for n in await store.list_nodes()] == ["n1"]
 
     runner.run(go())
+
+
+def test_breaker_changes_are_atomic_across_connections(
+    store: Store, another_store: StoreFactory, runner: asyncio.Runner
+) -> None:
+    stores = [store, another_store(), another_store()]
+
+    def bump(state: BreakerState) -> tuple[int, BreakerState]:
+        return state.failures, replace(state, failures=state.failures + 1)
+
+    async def go() -> list[int]:
+        return list(
+            await asyncio.gather(*(s.update_breaker("b", bump) for s in stores for _ in range(10)))
+        )
+
+    seen = runner.run(go())
+    assert sorted(seen) == list(range(30))  # every change saw the one before it
+    (final,) = runner.run(store.list_breakers())
+    assert final.failures == 30 and final.state == "closed"

@@ -7,7 +7,8 @@ import threading
 import time
 
 import nonstop
-from nonstop import Restart, RunStatus
+from nonstop import CircuitBreaker, Restart, Retry, RunStatus
+from nonstop.policies.breaker import BreakerState
 from tests.conftest import AppFactory
 from tests.unit.test_durable_runs import query, wait_status
 
@@ -89,3 +90,44 @@ def test_a_crash_loop_escalates(make_app: AppFactory) -> None:
     with app.worker(poll_interval=0.02):
         wait_status(handle, RunStatus.PAUSED)
     assert "escalated after 1 restart(s) (crash of its node)" in (handle.get().wait_reason or "")
+
+
+def test_breaker_policy_closed_open_half_open() -> None:
+    breaker = CircuitBreaker("crm", failure_threshold=2, reset_after=10, half_open_max=1)
+    state = BreakerState("crm")
+    assert breaker.admit(state, 0) == (True, state)
+    state = breaker.record(state, False, 1)
+    assert state.state == "closed" and state.failures == 1
+    state = breaker.record(state, False, 2)
+    assert (state.state, state.opened_at) == ("open", 2)
+    assert breaker.admit(state, 11)[0] is False  # still cooling off
+    allowed, state = breaker.admit(state, 12.5)
+    assert allowed and state.state == "half_open"
+    assert breaker.admit(state, 12.6)[0] is False  # one trial at a time
+    assert breaker.record(state, False, 13).state == "open"  # the trial failed
+    assert breaker.record(state, True, 13) == BreakerState("crm")  # the trial succeeded
+
+
+def test_an_open_breaker_fails_fast_for_every_run(make_app: AppFactory) -> None:
+    app = make_app()
+    calls: list[str] = []
+    crm = CircuitBreaker("crm", failure_threshold=3, reset_after=60)
+
+    def push(lead: str) -> None:
+        calls.append(lead)
+        raise ConnectionError("crm down")
+
+    @app.agent(retry=Retry(max_attempts=1))
+    async def sync_lead(ctx: nonstop.Context, lead: str) -> str:
+        try:
+            await ctx.step(push, lead, breaker=crm)
+        except nonstop.StepFailed as exc:
+            return exc.type_name
+        return "pushed"
+
+    with app.worker(poll_interval=0.02):
+        outcomes = [app.start(sync_lead, {"lead": f"l{i}"}).result(10) for i in range(5)]
+    assert outcomes == ["builtins.ConnectionError"] * 3 + ["nonstop.errors.BreakerOpen"] * 2
+    assert calls == ["l0", "l1", "l2"]  # the open breaker never called the dependency again
+    (state,) = app._call(lambda rt: rt.store.list_breakers())
+    assert (state.name, state.state, state.failures) == ("crm", "open", 3)

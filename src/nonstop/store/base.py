@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from nonstop.errors import NonstopError
 from nonstop.models import (
@@ -29,7 +29,10 @@ from nonstop.models import (
     ScheduleState,
     StepRecord,
 )
+from nonstop.policies.breaker import BreakerState
 from nonstop.policies.ratelimit import Rate
+
+T = TypeVar("T")
 
 
 class LeaseLost(NonstopError):
@@ -306,6 +309,16 @@ class Store(Protocol):
     async def save_schedule(self, state: ScheduleState, now: float) -> None:
         """Insert or advance a schedule's state: the first anchor is kept, and the last
         fire time only moves forward (two nodes firing the same time agree)."""
+
+    async def update_breaker(
+        self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
+    ) -> T:
+        """Read breaker `name` (a fresh closed one if unknown), apply `change` and store the
+        state it returns, atomically: two runs on two nodes never both see the old state.
+        Returns what `change` returned first."""
+
+    async def list_breakers(self) -> list[BreakerState]:
+        """Every breaker's stored state."""
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 from nonstop.errors import InvalidState, RunNotFound, StoreError, StoreUnavailable
 from nonstop.models import (
@@ -31,6 +32,7 @@ from nonstop.models import (
     completed_step,
 )
 from nonstop.observe.logging import get_logger
+from nonstop.policies.breaker import BreakerState
 from nonstop.store import migrations
 from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
@@ -59,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the installed extras
     ) from exc
 
 log = get_logger("nonstop.store")
+T = TypeVar("T")
 
 CHANNEL = "nonstop_work"
 _MIGRATION_LOCK = 7_001_001  # pg_advisory_xact_lock key serialising migrators
@@ -101,6 +104,16 @@ SAVE_BUCKET = (
 )
 HOLD_BACK = (
     "UPDATE runs SET wait_reason = %s WHERE agent = %s AND status = 'pending' AND due_at <= %s"
+)
+SELECT_BREAKER = (
+    "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = %s FOR UPDATE"
+)
+SELECT_BREAKERS = "SELECT name, state, failures, opened_at, trials FROM breakers ORDER BY name"
+SAVE_BREAKER = (
+    "INSERT INTO breakers (name, state, failures, opened_at, trials, updated_at)"
+    " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (name) DO UPDATE SET state = excluded.state,"
+    " failures = excluded.failures, opened_at = excluded.opened_at, trials = excluded.trials,"
+    " updated_at = excluded.updated_at"
 )
 UPSERT_NODE = (
     "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
@@ -731,6 +744,27 @@ class PostgresStore:
         }
         async with self._tx() as conn:
             await conn.execute(SAVE_SCHEDULE, params)
+
+    async def update_breaker(
+        self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
+    ) -> T:
+        async with self._tx() as conn:
+            # the first use of a name inserts its row; later ones lock it for the change
+            await conn.execute(
+                "INSERT INTO breakers (name, state, failures, trials, updated_at)"
+                " VALUES (%s, 'closed', 0, 0, %s) ON CONFLICT (name) DO NOTHING",
+                (name, time.time()),
+            )
+            row = await (await conn.execute(SELECT_BREAKER, (name,))).fetchone()
+            result, new = change(BreakerState(*row) if row else BreakerState(name))
+            values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
+            await conn.execute(SAVE_BREAKER, values)
+        return result
+
+    async def list_breakers(self) -> list[BreakerState]:
+        async with self._tx() as conn:
+            rows = await (await conn.execute(SELECT_BREAKERS)).fetchall()
+        return [BreakerState(*row) for row in rows]
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from nonstop.errors import ConfigError, InvalidState, RunNotFound, StoreError
@@ -34,6 +34,7 @@ from nonstop.models import (
     StepRecord,
     completed_step,
 )
+from nonstop.policies.breaker import BreakerState
 from nonstop.store import migrations
 from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
@@ -53,6 +54,7 @@ from nonstop.store._rows import (
 from nonstop.store._sqlite_writer import SQLiteWriter
 from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NewRun, NodeInfo, Routing
 
+T = TypeVar("T")
 _READ_THREADS = 4
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL", "extra": "EXTRA"}
 
@@ -87,6 +89,14 @@ SAVE_BUCKET = (
     " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
 )
 HOLD_BACK = "UPDATE runs SET wait_reason = ? WHERE agent = ? AND status = 'pending' AND due_at <= ?"
+SELECT_BREAKER = "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = ?"
+SELECT_BREAKERS = "SELECT name, state, failures, opened_at, trials FROM breakers ORDER BY name"
+SAVE_BREAKER = (
+    "INSERT INTO breakers (name, state, failures, opened_at, trials, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state,"
+    " failures = excluded.failures, opened_at = excluded.opened_at, trials = excluded.trials,"
+    " updated_at = excluded.updated_at"
+)
 UPSERT_NODE = (
     "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
@@ -760,6 +770,22 @@ class SQLiteStore:
             "now": now,
         }
         await self._write.submit(lambda conn: conn.execute(SAVE_SCHEDULE, params))
+
+    async def update_breaker(
+        self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
+    ) -> T:
+        def op(conn: sqlite3.Connection) -> T:
+            row = conn.execute(SELECT_BREAKER, (name,)).fetchone()
+            result, new = change(BreakerState(*row) if row else BreakerState(name))
+            values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
+            conn.execute(SAVE_BREAKER, values)
+            return result
+
+        return await self._write.submit(op)
+
+    async def list_breakers(self) -> list[BreakerState]:
+        rows = await self._read(lambda c: c.execute(SELECT_BREAKERS).fetchall())
+        return [BreakerState(*row) for row in rows]
 
     # -- nodes and versions -----------------------------------------------------------------
 
