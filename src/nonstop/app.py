@@ -61,6 +61,9 @@ class Agent:
     rate: Rate | None = None
     heartbeat_timeout: float | None = None
     restart: Restart | None = None
+    isolation: str = "inline"
+    memory_mb: int | None = None
+    cpu_seconds: float | None = None
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -302,6 +305,9 @@ class App:
         rate: str | None = None,
         heartbeat_timeout: Duration | None = None,
         restart: Restart | None = None,
+        isolation: str = "inline",
+        memory_mb: int | None = None,
+        cpu_seconds: float | None = None,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -324,6 +330,9 @@ class App:
         rate: str | None = None,
         heartbeat_timeout: Duration | None = None,
         restart: Restart | None = None,
+        isolation: str = "inline",
+        memory_mb: int | None = None,
+        cpu_seconds: float | None = None,
     ) -> Agent | Callable[[Handler], Agent]:
         """Declare an agent.
 
@@ -338,7 +347,11 @@ class App:
         wait as `pending`, none are dropped. `heartbeat_timeout` declares a run unhealthy
         when no step completes and no `ctx.heartbeat` comes for that long (a wedged loop),
         and `restart` says how it (or a run that crashed its node) is restarted and when a
-        human takes over (default without `restart=`: restart at once, never escalate)."""
+        human takes over (default without `restart=`: restart at once, never escalate).
+        `isolation="process"` runs each run in its own child process, with `memory_mb`
+        and `cpu_seconds` enforced by the kernel; a child that dies is explained (`oom`
+        with its peak RSS, `cpu_limit`, `signal N`, `exit code N`) and restarted per
+        `restart`."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -358,6 +371,10 @@ class App:
                 )
             if concurrency is not None and concurrency < 1:
                 raise ConfigError(f"agent {agent_name!r}: concurrency must be at least 1")
+            if isolation not in ("inline", "process"):
+                raise ConfigError(f"isolation must be 'inline' or 'process', got {isolation!r}")
+            if isolation == "inline" and (memory_mb is not None or cpu_seconds is not None):
+                raise ConfigError("memory_mb= and cpu_seconds= need isolation='process'")
             topics = (on,) if isinstance(on, str) else tuple(on or ())
             if any(not isinstance(t, str) or not t.strip() for t in topics):
                 raise ConfigError(f"agent {agent_name!r}: on= takes topic names or patterns")
@@ -374,6 +391,9 @@ class App:
                 rate=None if rate is None else Rate.parse(rate),
                 heartbeat_timeout=optional_seconds(heartbeat_timeout),
                 restart=restart,
+                isolation=isolation,
+                memory_mb=memory_mb,
+                cpu_seconds=cpu_seconds,
             )
             self.agents[agent_name] = declared
             return declared

@@ -661,7 +661,10 @@ def health(
                 "silent_runs": silent,
                 "escalated_runs": escalated,
                 "dead_runs": dead,
-                "isolation": "inline",
+                "isolation": agent.isolation
+                if agent.isolation == "inline"
+                else f"process (RLIMIT_AS {agent.memory_mb or '-'} MB,"
+                f" RLIMIT_CPU {agent.cpu_seconds or '-'} s)",
             }
         )
     unhealthy = any(row["state"] == "unhealthy" for row in report)

@@ -14,6 +14,7 @@ import contextvars
 import functools
 import inspect
 import json
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Coroutine
@@ -60,6 +61,10 @@ BEAT_EVERY = 1.0
 """Seconds between heartbeats written for step completions (each step is a beat, but
 writing the run's row at every step would double the cost of a fast step)."""
 
+ISOLATED_ENV = "NONSTOP_ISOLATED_CHILD"
+MEMORY_EXIT = 86
+"""Exit code of an isolated child that hit its memory limit (MemoryError)."""
+
 COMPENSATION_RETRY = Retry(max_attempts=5, initial=1.0, factor=2.0, max_delay=30.0)
 """How compensations of a saga are retried (each is a durable step)."""
 
@@ -85,6 +90,7 @@ class Interrupt(BaseException):
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease lost"
     RESTART = "restart"
+    SETTLED = "settled by its child process"
     STORE_FAILED = "store failed"
 
     def __init__(self, why: str) -> None:
@@ -291,6 +297,8 @@ class Context:
                 result = await self._call(fn, args, kwargs, limit, key)
                 payload = encode(result, f"the result of step {step_name!r}")
             except Exception as exc:
+                if isinstance(exc, MemoryError) and isolation_child():
+                    os._exit(MEMORY_EXIT)  # the limit is the story, not this step's error
                 if breaker is not None and not isinstance(exc, BreakerOpen):
                     await self._tell_breaker(breaker, ok=False)
                 failures += 1
@@ -704,6 +712,11 @@ class ReplayAwareLogger:
 def _error_payload(exc: BaseException) -> str:
     info = error_info(exc)
     return encode({"type": info["type"], "message": info["message"]}, "error")
+
+
+def isolation_child() -> bool:
+    """True inside the child process of an isolated run."""
+    return os.environ.get(ISOLATED_ENV) == "1"
 
 
 def next_in_chain(run_id: str) -> str:

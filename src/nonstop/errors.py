@@ -54,6 +54,16 @@ class BreakerOpen(NonstopError):
     """A circuit breaker is open: the call was not made (the dependency keeps failing)."""
 
 
+class ChildDied(NonstopError):
+    """The child process of an isolated run ended without settling it; `reason` says
+    how (oom, cpu_limit, signal N, exit code N)."""
+
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
 class RunTimeout(NonstopError, TimeoutError):
     """An execution of a run took longer than the agent's `timeout=`."""
 

@@ -19,14 +19,25 @@ from typing import TYPE_CHECKING, Any
 
 import psutil
 
-from nonstop.context import Context, Interrupt, SyncContext, encode, error_info, iso
+from nonstop.context import (
+    MEMORY_EXIT,
+    Context,
+    Interrupt,
+    SyncContext,
+    encode,
+    error_info,
+    iso,
+    isolation_child,
+)
 from nonstop.errors import (
+    ChildDied,
     CorruptCheckpoint,
     InvalidInput,
     NonDeterminismError,
     RunTimeout,
     StepFailed,
 )
+from nonstop.isolation import run_in_child
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
@@ -436,8 +447,13 @@ class Executor:
             if not isinstance(exc, Exception | Interrupt):
                 raise
             failure = exc
+        if isinstance(failure, MemoryError) and isolation_child():
+            os._exit(MEMORY_EXIT)  # the parent reports the limit, with the peak it saw
         active.settling = True
-        if isinstance(failure, Interrupt) and failure.why != Interrupt.PARKED:
+        if isinstance(failure, Interrupt) and failure.why not in (
+            Interrupt.PARKED,
+            Interrupt.SETTLED,
+        ):
             ctx.abandoned = True  # a sync handler still running stops at its next ctx call
         if ctx.fatal is not None:  # a replay error the handler caught: still fatal
             failure = ctx.fatal
@@ -500,7 +516,18 @@ class Executor:
             return {"type": "nonstop.errors.CompensationFailed", "message": str(exc)}
         return None
 
+    async def drive_now(self, claimed: Claimed) -> None:
+        """Execute one run already leased to this executor's owner, to its resting state
+        (the child process of an isolated run does only this)."""
+        self._launch(claimed)
+        await self._active[claimed.run.id].done.wait()
+
     async def _invoke(self, agent: Agent, ctx: Context, inputs: dict[str, Any]) -> Any:
+        if agent.isolation == "process" and not isolation_child():
+            death = await run_in_child(self.app, self.store.url, self.owner, ctx.run_id, agent)
+            if death is None:
+                raise Interrupt(Interrupt.SETTLED)
+            raise ChildDied(death.kind, death.detail)
         if agent.is_async:
             return await agent.fn(ctx, **inputs)
         sync_ctx = SyncContext(ctx, asyncio.get_running_loop())
@@ -512,8 +539,8 @@ class Executor:
     ) -> None:
         run_id, name = ctx.run_id, ctx.agent
         if isinstance(failure, Interrupt):
-            if failure.why == Interrupt.PARKED:
-                return  # the park is already committed
+            if failure.why in (Interrupt.PARKED, Interrupt.SETTLED):
+                return  # the park (or the child's bookkeeping) is already committed
             if failure.why == Interrupt.CANCELLED or ctx.cancel_requested:
                 undo_error = await self._undo(ctx)
                 status = RunStatus.CANCELLED if undo_error is None else RunStatus.DEAD
@@ -531,6 +558,12 @@ class Executor:
                 log.warning("run_left", agent=name, run_id=run_id, reason=failure.why)
                 return
             failure = RunTimeout(f"run exceeded its timeout of {agent.timeout:g}s")
+        if isinstance(failure, ChildDied):
+            # never a silent death: the reason goes to the run, the incidents and the log
+            await self.store.add_incident(Incident(run_id, name, failure.kind, failure.reason, now))
+            log.error("alert", kind=failure.kind, agent=name, run_id=run_id, reason=failure.reason)
+            await self._restart(agent, run_id, failure.reason)
+            return
         if isinstance(failure, NonDeterminismError | CorruptCheckpoint):
             kind = (
                 "non_determinism"
