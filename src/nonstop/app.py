@@ -70,6 +70,18 @@ class Agent:
         return self.fn(*args, **kwargs)
 
 
+STRATEGIES = ("one_for_one", "one_for_all", "rest_for_one")
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    """Agents supervised together (see `App.group`)."""
+
+    name: str
+    members: tuple[str, ...]
+    strategy: str
+
+
 class RunHandle:
     """A started run: ask its status or wait for its result."""
 
@@ -261,6 +273,7 @@ class App:
         self.database_url = database_url
         self.on_version_change = on_version_change
         self.agents: dict[str, Agent] = {}
+        self.groups: list[Group] = []
         self._version = version
         self._loop_thread: _LoopThread | None = None
         self._runtime: Runtime | None = None
@@ -482,6 +495,37 @@ class App:
             yield self
         finally:
             self._call(lambda rt: rt.stop_worker(grace_period))
+
+    def group(
+        self, members: list[Agent | str], strategy: str = "one_for_one", name: str | None = None
+    ) -> Group:
+        """Supervise agents together, as Erlang/OTP does: when the supervisor restarts a
+        run of one member (missed heartbeats, a dead child process, a crashed node), the
+        strategy says which siblings' running runs restart with it, from their checkpoints:
+        none (`one_for_one`), all (`one_for_all`), or those listed after it
+        (`rest_for_one`)."""
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+        names = [m.name if isinstance(m, Agent) else m for m in members]
+        unknown = [n for n in names if n not in self.agents]
+        if unknown or len(set(names)) != len(names) or len(names) < 2:
+            raise ConfigError(f"a group needs two or more distinct declared agents, got {names}")
+        taken = [n for n in names if any(n in g.members for g in self.groups)]
+        if taken:
+            raise ConfigError(f"agents already in a group: {', '.join(taken)}")
+        made = Group(name or "+".join(names), tuple(names), strategy)
+        self.groups.append(made)
+        return made
+
+    def siblings_to_restart(self, agent: str) -> list[str]:
+        """The other agents whose runs restart when a run of `agent` is restarted."""
+        for group in self.groups:
+            if agent in group.members:
+                if group.strategy == "one_for_all":
+                    return [m for m in group.members if m != agent]
+                if group.strategy == "rest_for_one":
+                    return list(group.members[group.members.index(agent) + 1 :])
+        return []
 
     def signal(self, run_id: str, name: str, data: JSON = None) -> None:
         """Send signal `name` with `data` to a run; a `ctx.wait_for(name)` receives it (now

@@ -145,6 +145,7 @@ class Context:
         self.cancel_requested = run.cancel_requested
         self.abandoned = False
         self._compensations: list[tuple[str, Callable[[Any], Any], Any]] = []
+        self._compensating = False
         self._new_run = new_run
         self._replay_until = max(history.steps, default=0)
         self.log = ReplayAwareLogger(
@@ -362,6 +363,7 @@ class Context:
         number, so after a crash the ones done are skipped and the rest continue. Retried
         per `COMPENSATION_RETRY`; if one still fails, StepFailed is raised (the run dies
         with that error: a human must finish the undo)."""
+        self._compensating = True  # the executor undoes a stopped handler's work
         for index, (name, undo, result) in enumerate(reversed(self._compensations), start=1):
             seq, step_name = -index, f"compensate:{name}"
             if self._recorded(seq, step_name) is not None:
@@ -415,6 +417,13 @@ class Context:
         A failed checkpoint must not look like a failed step: a handler catching it would
         go on with a gap in its history. The run is left instead, to be recovered from its
         last checkpoint once its lease lapses (by this node or another)."""
+        if self.abandoned and not self._compensating:
+            # A stopped execution whose step finished late (an abandoned thread) must not
+            # write: the same node may have claimed the run again, so the lease check
+            # alone would let this stale result in.
+            if inspect.iscoroutine(write):
+                write.close()
+            raise Interrupt(Interrupt.ABANDONED)
         try:
             return await write
         except LeaseLost:

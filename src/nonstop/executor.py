@@ -320,6 +320,20 @@ class Executor:
             restart=recent + 1,
             at=iso(wake),
         )
+        await self._restart_siblings(agent.name, run_id)
+
+    async def _restart_siblings(self, agent: str, run_id: str) -> None:
+        """Apply the agent's group strategy: restart its siblings' running runs too."""
+        siblings = self.app.siblings_to_restart(agent)
+        if not siblings:
+            return
+        reason = f"sibling {agent} restarted (run {run_id})"
+        now = time.time()
+        restarted = await self.store.restart_runs(siblings, f"restarting: {reason}", now)
+        for sibling_run, sibling in restarted:
+            self._stop_run(sibling_run, Interrupt.LEASE_LOST)  # if it runs here: stop now
+            await self.store.add_incident(Incident(sibling_run, sibling, "restarted", reason, now))
+            log.warning("run_restarting", agent=sibling, run_id=sibling_run, reason=reason)
 
     async def _lease_loop(self) -> None:
         while True:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 import time
+
+import pytest
 
 import nonstop
 from nonstop import CircuitBreaker, Restart, Retry, RunStatus
@@ -131,3 +134,76 @@ def test_an_open_breaker_fails_fast_for_every_run(make_app: AppFactory) -> None:
     assert calls == ["l0", "l1", "l2"]  # the open breaker never called the dependency again
     (state,) = app._call(lambda rt: rt.store.list_breakers())
     assert (state.name, state.state, state.failures) == ("crm", "open", 3)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "restarted"),
+    [("one_for_one", set()), ("one_for_all", {"first", "last"}), ("rest_for_one", {"last"})],
+)
+def test_group_strategies_restart_siblings_like_otp(
+    make_app: AppFactory, strategy: str, restarted: set[str]
+) -> None:
+    app = make_app()
+    wedge = threading.Event()
+    wedge.set()
+    release = threading.Event()
+
+    async def steady() -> None:
+        await asyncio.sleep(0.05)
+
+    def stuck() -> None:
+        while wedge.is_set():
+            time.sleep(0.01)
+
+    def member(name: str) -> None:
+        @app.agent(name=name, heartbeat_timeout=0.3, restart=Restart(cooldown=0, max_restarts=5))
+        async def loop(ctx: nonstop.Context) -> str:
+            while not release.is_set():  # a long-lived, healthy loop
+                await ctx.step(steady)
+            return name
+
+    member("first")
+
+    @app.agent(heartbeat_timeout=0.3, restart=Restart(cooldown=0, max_restarts=5))
+    def middle(ctx: nonstop.SyncContext) -> str:
+        ctx.step(stuck)  # wedged until the test lets it go
+        return "middle"
+
+    member("last")
+    app.group(["first", "middle", "last"], strategy=strategy)
+    with app.worker(poll_interval=0.02):
+        handles = {n: app.start(n, id=n) for n in ("first", "middle", "last")}
+        deadline = time.monotonic() + 20
+        while not query(
+            app, "SELECT 1 FROM incidents WHERE run_id = 'middle' AND kind = 'restarted'"
+        ):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        time.sleep(0.3)  # deliberate: room for a wrong sibling restart to show
+        wedge.clear()
+        release.set()
+        assert {n: h.result(20) for n, h in handles.items()} == {n: n for n in handles}
+    rows = query(app, "SELECT run_id, detail FROM incidents WHERE kind = 'restarted'")
+    siblings = {str(r) for r, d in rows if r != "middle"}
+    assert siblings == restarted
+    assert all("sibling middle restarted" in str(d) for r, d in rows if r != "middle")
+
+
+def test_groups_are_validated(make_app: AppFactory) -> None:
+    app = make_app()
+
+    @app.agent
+    async def a(ctx: nonstop.Context) -> None:
+        return None
+
+    @app.agent
+    async def b(ctx: nonstop.Context) -> None:
+        return None
+
+    with pytest.raises(nonstop.ConfigError, match="strategy"):
+        app.group([a, b], strategy="one_for_some")
+    with pytest.raises(nonstop.ConfigError, match="two or more"):
+        app.group([a, "ghost"])
+    app.group([a, b], strategy="one_for_all")
+    with pytest.raises(nonstop.ConfigError, match="already in a group"):
+        app.group([a, b])

@@ -310,6 +310,13 @@ class Store(Protocol):
         """Insert or advance a schedule's state: the first anchor is kept, and the last
         fire time only moves forward (two nodes firing the same time agree)."""
 
+    async def restart_runs(
+        self, agents: Sequence[str], reason: str, now: float
+    ) -> list[tuple[str, str]]:
+        """Take every running run of `agents` from its owner and make it due at once, to
+        resume from its checkpoints (a supervision strategy restarting siblings). Their
+        owners' next writes fail with LeaseLost. Returns (run id, agent) pairs."""
+
     async def update_breaker(
         self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
     ) -> T:

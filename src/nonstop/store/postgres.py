@@ -105,6 +105,11 @@ SAVE_BUCKET = (
 HOLD_BACK = (
     "UPDATE runs SET wait_reason = %s WHERE agent = %s AND status = 'pending' AND due_at <= %s"
 )
+RESTART_RUNS = (
+    "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL, due_at = 0,"
+    " wait_reason = %s, updated_at = %s WHERE status = 'running' AND agent = ANY(%s)"
+    " RETURNING id, agent"
+)
 SELECT_BREAKER = (
     "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = %s FOR UPDATE"
 )
@@ -744,6 +749,16 @@ class PostgresStore:
         }
         async with self._tx() as conn:
             await conn.execute(SAVE_SCHEDULE, params)
+
+    async def restart_runs(
+        self, agents: Sequence[str], reason: str, now: float
+    ) -> list[tuple[str, str]]:
+        async with self._tx() as conn:
+            cursor = await conn.execute(RESTART_RUNS, (reason, now, list(agents)))
+            restarted = [(row[0], row[1]) for row in await cursor.fetchall()]
+            if restarted:
+                await conn.execute(NOTIFY)
+        return restarted
 
     async def update_breaker(
         self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]

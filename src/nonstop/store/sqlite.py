@@ -89,6 +89,11 @@ SAVE_BUCKET = (
     " ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, updated_at = excluded.updated_at"
 )
 HOLD_BACK = "UPDATE runs SET wait_reason = ? WHERE agent = ? AND status = 'pending' AND due_at <= ?"
+RESTART_RUNS = (
+    "UPDATE runs SET status = 'pending', lease_owner = NULL, lease_expires = NULL, due_at = 0,"
+    " wait_reason = ?, updated_at = ? WHERE status = 'running'"
+    " AND agent IN (SELECT value FROM json_each(?)) RETURNING id, agent"
+)
 SELECT_BREAKER = "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = ?"
 SELECT_BREAKERS = "SELECT name, state, failures, opened_at, trials FROM breakers ORDER BY name"
 SAVE_BREAKER = (
@@ -770,6 +775,18 @@ class SQLiteStore:
             "now": now,
         }
         await self._write.submit(lambda conn: conn.execute(SAVE_SCHEDULE, params))
+
+    async def restart_runs(
+        self, agents: Sequence[str], reason: str, now: float
+    ) -> list[tuple[str, str]]:
+        def op(conn: sqlite3.Connection) -> list[tuple[str, str]]:
+            rows = conn.execute(RESTART_RUNS, (reason, now, dumps(list(agents)))).fetchall()
+            return [(row[0], row[1]) for row in rows]
+
+        restarted: list[tuple[str, str]] = await self._write.submit(op)
+        if restarted:
+            self._announce()
+        return restarted
 
     async def update_breaker(
         self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
