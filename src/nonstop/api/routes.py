@@ -205,8 +205,14 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         executor = runtime.executor
         if executor is None:
             return _probe(not state.started, "no executor")
-        age = time.monotonic() - executor.last_tick
-        return _probe(age <= state.live_within, f"executor loop silent for {age:.1f}s")
+        now = time.monotonic()
+        age = now - executor.last_tick
+        if age > state.live_within:
+            return _probe(False, f"executor loop silent for {age:.1f}s")
+        scheduler = runtime.scheduler
+        if scheduler is not None and now - scheduler.last_tick > state.live_within:
+            return _probe(False, f"scheduler silent for {now - scheduler.last_tick:.1f}s")
+        return _probe(True, "")
 
     async def ready_probe(request: Request) -> Response:
         if not state.started:
