@@ -219,9 +219,6 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
             return _probe(False, "starting")
         if state.draining:
             return _probe(False, "draining")
-        executor = runtime.executor
-        if executor is not None and executor.active_runs >= executor.concurrency:
-            return _probe(False, f"at capacity: {executor.active_runs} runs in flight")
         try:
             async with asyncio.timeout(state.ping_timeout):
                 await store.ping()
