@@ -287,6 +287,15 @@ class Context:
         tried = self._history.attempts.get(seq, [])
         failures = len(tried)
         first_start: float | None = tried[0].started_at if tried else None
+        if tried and tried[-1].retry_at is None:
+            # The last try gave up, then the node died before the step's error was
+            # committed: commit it now, never try beyond the policy.
+            last = tried[-1].error
+            payload = encode({"type": last.get("type"), "message": last.get("message")}, "error")
+            await self._commit(
+                seq, step_name, StepStatus.FAILED, payload, failures, first_start or 0
+            )
+            raise StepFailed(str(last.get("type")), str(last.get("message")))
         while True:
             if tried and tried[-1].retry_at is not None:
                 await self._wait_for_retry(seq, step_name, tried[-1].retry_at, park_long_waits)

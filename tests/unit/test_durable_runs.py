@@ -436,3 +436,30 @@ def test_two_apps_on_two_files_are_independent(make_app: AppFactory, tmp_path: P
         assert first.run("echo", {"v": "1"}, timeout=5) == "1"
         assert second.run("echo", {"v": "2"}, timeout=5) == "2"
     assert query(first, "SELECT count(*) FROM runs") == [(1,)]
+
+
+def test_a_step_that_gave_up_before_a_crash_is_not_tried_again(make_app: AppFactory) -> None:
+    app = make_app()
+    calls: list[str] = []
+
+    def charge() -> str:
+        calls.append("charge")
+        return "charged"
+
+    @app.agent(retry=Retry(max_attempts=1))
+    async def billing(ctx: nonstop.Context) -> str:
+        return await ctx.step(charge)  # type: ignore[no-any-return]
+
+    handle = app.start(billing)
+    # what a node leaves when it dies between recording the final try and the step's error
+    error = '{"type": "builtins.ConnectionError", "message": "declined", "traceback": ""}'
+    query(
+        app,
+        "INSERT INTO step_attempts VALUES (?, 1, 1, 1, 'charge', ?, 1.0, 2.0, NULL)",
+        handle.run_id,
+        error,
+    )
+    with fast(app), pytest.raises(nonstop.RunFailed, match="declined"):
+        handle.result(10)
+    assert calls == []  # the policy allowed one try, and it was used
+    assert query(app, "SELECT status, attempts FROM steps") == [("failed", 1)]
