@@ -293,17 +293,23 @@ class PostgresStore:
             max_size=self._pool_size,
             open=False,
             kwargs={"autocommit": True},
-            check=AsyncConnectionPool.check_connection,
             # an outage shorter than this is absorbed: operations wait for a connection
             timeout=_CONNECTION_WAIT,
         )
 
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Connection]:
-        """A pooled connection inside a transaction; database errors become StoreError."""
+    async def _tx(self, *, single: bool = False) -> AsyncIterator[Connection]:
+        """A pooled connection inside a transaction; database errors become StoreError.
+
+        `single=True` is for verbs of one statement: autocommit makes that statement its
+        own transaction, saving the BEGIN and COMMIT round trips."""
         try:
-            async with self._pool.connection() as conn, conn.transaction():
-                yield conn
+            async with self._pool.connection() as conn:
+                if single:
+                    yield conn
+                else:
+                    async with conn.transaction():
+                        yield conn
         except (LeaseLost, RunNotFound, InvalidState, StoreError):  # already ours
             raise
         except pg_errors.UniqueViolation as exc:
@@ -392,7 +398,7 @@ class PostgresStore:
         return run_from_row(row), False
 
     async def get_run(self, run_id: str) -> Run | None:
-        async with self._tx() as conn:
+        async with self._tx(single=True) as conn:
             row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
         return None if row is None else run_from_row(row)
 
@@ -495,7 +501,7 @@ class PostgresStore:
 
     async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
         expires = now + lease_ttl
-        async with self._tx() as conn:
+        async with self._tx(single=True) as conn:
             rows = await (await conn.execute(RENEW_LEASES, (expires, expires, owner))).fetchall()
         return {run_id for run_id, cancel in rows if cancel}
 
@@ -528,7 +534,7 @@ class PostgresStore:
     async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
         params = (record.finished_at, record.run_id, owner, *step_values(record))
         statement = RECORD_STEP_AND_BEAT if beat else RECORD_STEP
-        async with self._tx() as conn:
+        async with self._tx(single=True) as conn:
             row = await (await conn.execute(statement, params)).fetchone()
         if row is None:
             raise LeaseLost(f"run {record.run_id} is not held by {owner}")
@@ -536,7 +542,7 @@ class PostgresStore:
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         params = (attempt.run_id, owner, *attempt_values(attempt))
-        async with self._tx() as conn:
+        async with self._tx(single=True) as conn:
             row = await (await conn.execute(RECORD_ATTEMPT, params)).fetchone()
         if row is None or row[0] != 1:
             raise LeaseLost(f"run {attempt.run_id} is not held by {owner}")
@@ -545,7 +551,7 @@ class PostgresStore:
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
     ) -> bool:
         beat = dumps({"status": status, **fields})
-        async with self._tx() as conn:
+        async with self._tx(single=True) as conn:
             row = await (await conn.execute(HEARTBEAT, (now, beat, run_id, owner))).fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id} is not held by {owner}")
