@@ -1,9 +1,11 @@
-"""nonstop benchmarks on SQLite: raw commit rate, durable steps, latency and crash recovery.
+"""nonstop benchmarks on SQLite and PostgreSQL: raw commit rate, durable steps, throughput,
+latency and crash recovery.
 
-    .venv/bin/python bench/run.py [--quick] [--json] [--sync full|normal|both]
+    .venv/bin/python bench/run.py [--quick] [--json] [--backend sqlite|postgres|both]
+                                  [--sync full|normal|both] [--postgres URL]
 
-For each `synchronous` mode (FULL, NORMAL), on a fresh database file in a temporary
-directory under bench/results/ (the same disk as the repository):
+SQLite: for each `synchronous` mode (FULL, NORMAL), on a fresh database file in a
+temporary directory under bench/results/ (the same disk as the repository):
 
   (a) raw      bare sqlite3: one INSERT + COMMIT per row (WAL, same pragma); the baseline
   (b) seq      one run of an async agent doing N no-op durable steps
@@ -12,54 +14,69 @@ directory under bench/results/ (the same disk as the repository):
   (e) recover  M runs of 5 slow steps in a `nonstop serve` process killed with SIGKILL
                mid-way; time from launching a new `nonstop serve` to all runs completed
 
-Progress goes to stderr; the table (Markdown) or, with --json, the results go to stdout.
+PostgreSQL (`postgres.py`), each on a fresh database of the server `--postgres` names:
+
+  (P1) raw psycopg single-row commits beside sequential durable steps
+  (P2) runs of 3 no-op steps served by 1, 2 and 3 `nonstop serve` processes
+  (P3) wake-up: create_run returning to the run claimed by an idle node (LISTEN/NOTIFY)
+
+Progress goes to stderr; the tables (Markdown) or, with --json, the results go to stdout.
 Results are always written to bench/results/<timestamp>.json and bench/results/latest.json.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import faulthandler
 import json
-import logging
-import math
-import os
-import platform
 import signal
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import structlog
-
-import nonstop
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_app import make_app
+from common import (
+    RESULT_TIMEOUT,
+    RESULTS,
+    Row,
+    SQLiteProbe,
+    alive,
+    bench_sequential,
+    check,
+    check_lines,
+    close_app,
+    cpu_line,
+    cpu_watch,
+    fmt,
+    machine,
+    metric_table,
+    node_started_at,
+    pair,
+    percentile,
+    progress,
+    quiet_logging,
+    revision,
+    serving,
+    store_commits,
+    time_commits,
+    value,
+    wait_until,
+)
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results"
-APP_FILE = BENCH_DIR / "bench_app.py"
+import postgres
+
 MODES = ("full", "normal")
 
 # Targets (FULL unless stated): the ratios are to the raw commit rate (a) on the same disk.
 TARGET_SEQ_RATIO = 0.5
 TARGET_BURST_RATIO = 1.5
 TARGET_NORMAL_STEP_US = 100.0
-
-RESULT_TIMEOUT = 120.0  # seconds any single run may take before the benchmark gives up
-WATCHDOG = 600.0  # seconds without finishing a phase before every thread's stack is dumped
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,103 +104,8 @@ QUICK = Sizes(
 )
 
 
-# -- small helpers ---------------------------------------------------------------------------
-
-_started = time.perf_counter()
-
-
-def progress(message: str) -> None:
-    """One line on stderr; also re-arms the watchdog that dumps every stack if we hang."""
-    print(f"[bench {time.perf_counter() - _started:6.1f}s] {message}", file=sys.stderr, flush=True)
-    faulthandler.cancel_dump_traceback_later()
-    faulthandler.dump_traceback_later(WATCHDOG, file=sys.stderr)
-
-
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
 def sqlite_url(path: Path, mode: str) -> str:
     return f"sqlite:///{path}?synchronous={mode}"
-
-
-def wait_until(check: Callable[[], bool], *, interval: float, timeout: float, what: str) -> float:
-    """Call `check` every `interval` seconds until it is true; return when that was
-    (perf_counter). Raise TimeoutError after `timeout` seconds."""
-    deadline = time.perf_counter() + timeout
-    while True:
-        if check():
-            return time.perf_counter()
-        if time.perf_counter() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:g}s")
-        time.sleep(interval)
-
-
-class Probe:
-    """Reads a nonstop SQLite file directly (its own connection, never through nonstop)."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-
-    def scalar(self, query: str, *params: Any) -> Any:
-        return self.conn.execute(query, params).fetchone()[0]
-
-    def completed(self) -> int:
-        return int(self.scalar("SELECT count(*) FROM runs WHERE status = 'completed'"))
-
-    def steps(self) -> int:
-        return int(self.scalar("SELECT count(*) FROM steps"))
-
-    def close(self) -> None:
-        self.conn.close()
-
-
-def cpu_probe() -> float:
-    """Milliseconds for a fixed pure-Python loop: shows how fast the CPU was at the time
-    (on a shared VM it changes by tens of percent from minute to minute)."""
-    start = time.perf_counter()
-    total = 0
-    for i in range(300_000):
-        total += i * i
-    return (time.perf_counter() - start) * 1000
-
-
-def cpu_ticks() -> tuple[int, int] | None:
-    """(steal, total) jiffies of all CPUs from /proc/stat, where there is one."""
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-        return fields[7], sum(fields[:8])
-    return None
-
-
-def store_commits(app: nonstop.App) -> int | None:
-    """How many transactions the SQLite store's writer thread has committed so far."""
-    runtime = app._runtime
-    commits = getattr(runtime.store, "commits", None) if runtime is not None else None
-    return commits if isinstance(commits, int) else None
-
-
-def close_app(app: nonstop.App) -> None:
-    """Close `app` once reads its worker left running in threads have had time to end.
-
-    A stopped worker may leave a store read (its claim loop's `next_due`) running in a
-    thread; closing the store under it has been seen to crash the interpreter (SIGSEGV)
-    in about 1 of 50 closes. The pause keeps that teardown race out of the benchmark."""
-    time.sleep(0.2)
-    app.close()
-
-
-def quiet_logging() -> None:
-    """Keep nonstop's per-run info logs out of the measurement (warnings still show), as
-    an embedding program that configures no logging gets them."""
-    logging.getLogger("nonstop").setLevel(logging.WARNING)
-    structlog.configure(
-        wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
-    )
 
 
 # -- (a) raw sqlite3 --------------------------------------------------------------------------
@@ -201,73 +123,9 @@ def bench_raw(path: Path, mode: str, rows: int) -> dict[str, Any]:
             conn.execute("INSERT INTO t (payload) VALUES ('null')")
             conn.execute("COMMIT")
 
-        for _ in range(min(200, rows)):  # warm-up: file growth, page cache
-            commit_one()
-        start = time.perf_counter()
-        for _ in range(rows):
-            commit_one()
-        elapsed = time.perf_counter() - start
+        return time_commits(commit_one, rows)
     finally:
         conn.close()
-    return {
-        "rows": rows,
-        "seconds": elapsed,
-        "commits_per_s": rows / elapsed,
-        "us_per_commit": elapsed / rows * 1e6,
-    }
-
-
-# -- (b) sequential steps ---------------------------------------------------------------------
-
-
-def bench_sequential(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
-    app = make_app(sqlite_url(path, mode))
-    probe: Probe | None = None
-    try:
-        with app.worker(concurrency=sizes.concurrency):
-            app.run("steps", {"n": 50}, timeout=RESULT_TIMEOUT)  # warm-up: caches, pages
-            probe = Probe(path)
-            commits_before = store_commits(app)
-            start = time.perf_counter()
-            handle = app.start("steps", {"n": sizes.seq_steps})
-            wait_until(
-                lambda: (
-                    probe is not None
-                    and probe.scalar("SELECT status FROM runs WHERE id = ?", handle.run_id)
-                    in ("completed", "dead", "cancelled")
-                ),
-                interval=0.002,
-                timeout=120,
-                what="the sequential run",
-            )
-            wall = time.perf_counter() - start
-            commits_after = store_commits(app)
-            run = handle.get()
-            first_step, last_step = probe.conn.execute(
-                "SELECT min(started_at), max(finished_at) FROM steps WHERE run_id = ?",
-                (handle.run_id,),
-            ).fetchone()
-    finally:
-        if probe is not None:
-            probe.close()
-        close_app(app)
-    if run.status != nonstop.RunStatus.COMPLETED or run.started_at is None:
-        raise RuntimeError(f"sequential run ended {run.status}: {run.error}")
-    assert run.finished_at is not None
-    in_run = run.finished_at - run.started_at
-    commits = (
-        None if commits_before is None or commits_after is None else commits_after - commits_before
-    )
-    return {
-        "steps": sizes.seq_steps,
-        "seconds": in_run,
-        "steps_per_s": sizes.seq_steps / in_run,
-        "us_per_step": in_run / sizes.seq_steps * 1e6,
-        "steps_only_seconds": last_step - first_step,
-        "wall_seconds": wall,
-        "wall_steps_per_s": sizes.seq_steps / wall,
-        "commits": commits,
-    }
 
 
 # -- (c) a burst of concurrent runs -----------------------------------------------------------
@@ -275,7 +133,7 @@ def bench_sequential(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
 
 def bench_burst(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
     app = make_app(sqlite_url(path, mode))
-    probe = Probe(path)
+    probe = SQLiteProbe(path)
     total = sizes.burst_runs * sizes.burst_steps
     try:
         # Warm-up on its own worker, then create every run before the measured worker starts.
@@ -294,9 +152,9 @@ def bench_burst(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
             commits_after = store_commits(app)
         elapsed = done - start
         marks = ",".join("?" * len(ids))
-        first_claim, last_finish = probe.conn.execute(
-            f"SELECT min(started_at), max(finished_at) FROM runs WHERE id IN ({marks})", ids
-        ).fetchone()
+        first_claim, last_finish = probe.row(
+            f"SELECT min(started_at), max(finished_at) FROM runs WHERE id IN ({marks})", *ids
+        )
     finally:
         probe.close()
         close_app(app)
@@ -333,13 +191,13 @@ def bench_latency(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
                 handle.result(timeout=RESULT_TIMEOUT)
                 samples.append(time.perf_counter() - handle_start)
                 ids.append(handle.run_id)
-        probe = Probe(path)
+        probe = SQLiteProbe(path)
         try:
             marks = ",".join("?" * len(ids))
-            rows = probe.conn.execute(
+            rows = probe.rows(
                 f"SELECT created_at, started_at, finished_at FROM runs WHERE id IN ({marks})",
-                ids,
-            ).fetchall()
+                *ids,
+            )
         finally:
             probe.close()
     finally:
@@ -365,54 +223,6 @@ def bench_latency(path: Path, mode: str, sizes: Sizes) -> dict[str, Any]:
 # -- (e) recovery after SIGKILL ---------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def serving(url: str, log: Path, sizes: Sizes, delay: float) -> Iterator[subprocess.Popen[bytes]]:
-    """A `nonstop serve` process on `url`; SIGTERMed on exit unless already dead."""
-    env = {**os.environ, "BENCH_STEP_DELAY": str(delay), "NONSTOP_DATABASE_URL": url}
-    command = [
-        *(sys.executable, "-m", "nonstop", "serve", f"{APP_FILE}:app"),
-        *("--db", url, "--port", str(free_port())),
-        *("--concurrency", str(sizes.concurrency)),
-        *("--lease-ttl", "30", "--poll-interval", "0.5", "--grace-period", "5"),
-    ]
-    with log.open("ab") as out:
-        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-
-def node_started_at(log: Path) -> float | None:
-    """When the served node said `node_started` (epoch seconds), from its JSON log."""
-    with contextlib.suppress(OSError):
-        for line in log.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError, TypeError, KeyError):
-                event = json.loads(line)
-                if event.get("event") == "node_started":
-                    return datetime.fromisoformat(event["ts"]).timestamp()
-    return None
-
-
-def alive(process: subprocess.Popen[bytes], log: Path) -> None:
-    if process.poll() is not None:
-        tail = log.read_text(errors="replace").splitlines()[-5:]
-        raise RuntimeError(f"nonstop serve exited with {process.returncode}: {tail}")
-
-
 def bench_recovery(path: Path, mode: str, sizes: Sizes, workdir: Path) -> dict[str, Any]:
     url = sqlite_url(path, mode)
     runs, steps = sizes.recovery_runs, sizes.recovery_steps
@@ -423,10 +233,11 @@ def bench_recovery(path: Path, mode: str, sizes: Sizes, workdir: Path) -> dict[s
     finally:
         close_app(seeding)
     first_log, second_log = workdir / f"serve-{mode}-1.log", workdir / f"serve-{mode}-2.log"
-    probe = Probe(path)
+    options: dict[str, Any] = {"concurrency": sizes.concurrency}
+    probe = SQLiteProbe(path)
     try:
         progress(f"{mode}: (e) first serve, {runs} runs x {steps} steps of {sizes.recovery_delay}s")
-        with serving(url, first_log, sizes, sizes.recovery_delay) as first:
+        with serving(url, [first_log], delay=sizes.recovery_delay, **options) as (first,):
 
             def midway() -> bool:
                 alive(first, first_log)
@@ -446,7 +257,7 @@ def bench_recovery(path: Path, mode: str, sizes: Sizes, workdir: Path) -> dict[s
         )
         launched_wall = time.time()
         launched = time.perf_counter()
-        with serving(url, second_log, sizes, 0.0) as second:
+        with serving(url, [second_log], **options) as (second,):
 
             def all_done() -> bool:
                 alive(second, second_log)
@@ -486,21 +297,23 @@ def bench_mode(mode: str, sizes: Sizes) -> dict[str, Any]:
     RESULTS.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f"tmp-{mode}-", dir=RESULTS) as tmp:
         workdir = Path(tmp)
-        result: dict[str, Any] = {"mode": mode.upper(), "cpu_probe_ms_before": cpu_probe()}
-        ticks = cpu_ticks()
-        progress(f"{mode}: (a) raw sqlite3, {sizes.raw_rows} single-row commits")
-        result["raw"] = bench_raw(workdir / "raw.db", mode, sizes.raw_rows)
-        progress(f"{mode}: (b) one run of {sizes.seq_steps} no-op steps")
-        result["sequential"] = bench_sequential(workdir / "seq.db", mode, sizes)
-        progress(f"{mode}: (c) {sizes.burst_runs} runs x {sizes.burst_steps} steps at once")
-        result["burst"] = bench_burst(workdir / "burst.db", mode, sizes)
-        progress(f"{mode}: (d) {sizes.latency_runs} one-step runs, one at a time")
-        result["latency"] = bench_latency(workdir / "latency.db", mode, sizes)
-        result["recovery"] = bench_recovery(workdir / "recovery.db", mode, sizes, workdir)
-        result["cpu_probe_ms_after"] = cpu_probe()
-        after = cpu_ticks()
-        if ticks is not None and after is not None and after[1] > ticks[1]:
-            result["cpu_steal_percent"] = 100 * (after[0] - ticks[0]) / (after[1] - ticks[1])
+        result: dict[str, Any] = {"mode": mode.upper()}
+        with cpu_watch(result):
+            progress(f"{mode}: (a) raw sqlite3, {sizes.raw_rows} single-row commits")
+            result["raw"] = bench_raw(workdir / "raw.db", mode, sizes.raw_rows)
+            progress(f"{mode}: (b) one run of {sizes.seq_steps} no-op steps")
+            path = workdir / "seq.db"
+            result["sequential"] = bench_sequential(
+                sqlite_url(path, mode),
+                lambda: SQLiteProbe(path),
+                sizes.seq_steps,
+                sizes.concurrency,
+            )
+            progress(f"{mode}: (c) {sizes.burst_runs} runs x {sizes.burst_steps} steps at once")
+            result["burst"] = bench_burst(workdir / "burst.db", mode, sizes)
+            progress(f"{mode}: (d) {sizes.latency_runs} one-step runs, one at a time")
+            result["latency"] = bench_latency(workdir / "latency.db", mode, sizes)
+            result["recovery"] = bench_recovery(workdir / "recovery.db", mode, sizes, workdir)
         raw = result["raw"]["commits_per_s"]
         result["ratios"] = {
             "sequential_to_raw": result["sequential"]["steps_per_s"] / raw,
@@ -512,53 +325,9 @@ def bench_mode(mode: str, sizes: Sizes) -> dict[str, Any]:
 
 # -- reporting -------------------------------------------------------------------------------
 
-
-def machine() -> dict[str, Any]:
-    disk = "unknown"
-    with contextlib.suppress(OSError):
-        best = ("", "", "")
-        for line in Path("/proc/mounts").read_text().splitlines():
-            device, point, fstype = line.split()[:3]
-            if str(RESULTS).startswith(point) and len(point) > len(best[1]):
-                best = (device, point, fstype)
-        device, point, fstype = best
-        rotational = Path(f"/sys/block/{Path(device).name}/queue/rotational")
-        kind = ""
-        if rotational.exists():
-            kind = f", rotational flag {rotational.read_text().strip()}"
-        disk = f"{device} ({fstype}{kind}) mounted on {point}"
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "disk": disk,
-        "nonstop": getattr(nonstop, "__version__", None) or _package_version(),
-    }
-
-
-def revision() -> dict[str, Any]:
-    """The commit measured, and whether src/ differed from it (uncommitted changes)."""
-
-    def git(*args: str) -> str | None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-            )
-            return done.stdout.strip()
-        return None
-
-    changes = git("status", "--porcelain", "--", "src")
-    return {"commit": git("rev-parse", "HEAD"), "src_modified": bool(changes)}
-
-
-def _package_version() -> str | None:
-    from importlib import metadata
-
-    with contextlib.suppress(metadata.PackageNotFoundError):
-        return metadata.version("nonstop")
-    return None
+CHECK_SEQ = "(b) sequential steps/s vs raw commits/s, FULL"
+CHECK_BURST = "(c) burst steps/s vs raw commits/s, FULL"
+CHECK_NORMAL_STEP = "per-step overhead, NORMAL (us)"
 
 
 def checks(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -567,145 +336,78 @@ def checks(modes: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     if full is not None:
         seq = full["ratios"]["sequential_to_raw"]
         burst = full["ratios"]["burst_to_raw"]
+        found.append(check(CHECK_SEQ, seq, f">= {TARGET_SEQ_RATIO}", seq >= TARGET_SEQ_RATIO))
         found.append(
-            {
-                "name": "(b) sequential steps/s vs raw commits/s, FULL",
-                "value": seq,
-                "target": f">= {TARGET_SEQ_RATIO}",
-                "passed": seq >= TARGET_SEQ_RATIO,
-            }
-        )
-        found.append(
-            {
-                "name": "(c) burst steps/s vs raw commits/s, FULL",
-                "value": burst,
-                "target": f">= {TARGET_BURST_RATIO}",
-                "passed": burst >= TARGET_BURST_RATIO,
-            }
+            check(CHECK_BURST, burst, f">= {TARGET_BURST_RATIO}", burst >= TARGET_BURST_RATIO)
         )
     if normal is not None:
         overhead = normal["sequential"]["us_per_step"]
-        found.append(
-            {
-                "name": "per-step overhead, NORMAL (us)",
-                "value": overhead,
-                "target": f"< {TARGET_NORMAL_STEP_US:g}",
-                "passed": overhead < TARGET_NORMAL_STEP_US,
-            }
-        )
+        target = f"< {TARGET_NORMAL_STEP_US:g}"
+        found.append(check(CHECK_NORMAL_STEP, overhead, target, overhead < TARGET_NORMAL_STEP_US))
     return found
-
-
-def _fmt(value: Any, spec: str) -> str:
-    return "n/a" if value is None else format(value, spec)
 
 
 def table(results: dict[str, Any]) -> str:
     modes: dict[str, dict[str, Any]] = results["modes"]
     names = [m for m in MODES if m in modes]
-    marks = {c["name"]: ("PASS" if c["passed"] else "FAIL") for c in results["checks"]}
 
-    def mark(name: str) -> str:
-        return marks.get(name, "")
+    def interrupted(r: dict[str, Any]) -> str:
+        recovery = r["recovery"]
+        total = recovery["runs"] * recovery["steps_per_run"]
+        return f"{recovery['interrupted_runs']} ({recovery['at_kill']['steps_done']}/{total})"
 
-    rows: list[tuple[str, Callable[[dict[str, Any]], str], str, str]] = [
-        ("(a) raw sqlite3 commits/s", lambda r: _fmt(r["raw"]["commits_per_s"], ",.0f"), "", ""),
-        ("(a) raw commit time, µs", lambda r: _fmt(r["raw"]["us_per_commit"], ".0f"), "", ""),
-        (
+    def commits(r: dict[str, Any]) -> str:
+        burst = r["burst"]
+        return f"{fmt(burst['commits'], 'd')} ({fmt(burst['steps_per_commit'], '.0f')})"
+
+    rows = [
+        Row("(a) raw sqlite3 commits/s", value("raw", "commits_per_s", ",.0f")),
+        Row("(a) raw commit time, µs", value("raw", "us_per_commit", ".0f")),
+        Row(
             "(b) sequential steps/s (run start → finish)",
-            lambda r: _fmt(r["sequential"]["steps_per_s"], ",.0f"),
-            "",
-            "",
+            value("sequential", "steps_per_s", ",.0f"),
         ),
-        (
+        Row(
             "(b) time per step, µs",
-            lambda r: _fmt(r["sequential"]["us_per_step"], ".0f"),
+            value("sequential", "us_per_step", ".0f"),
             f"NORMAL < {TARGET_NORMAL_STEP_US:g}",
-            mark("per-step overhead, NORMAL (us)"),
+            CHECK_NORMAL_STEP,
         ),
-        (
+        Row(
             "(b) ratio to (a)",
-            lambda r: _fmt(r["ratios"]["sequential_to_raw"], ".2f"),
+            value("ratios", "sequential_to_raw", ".2f"),
             f"FULL ≥ {TARGET_SEQ_RATIO}",
-            mark("(b) sequential steps/s vs raw commits/s, FULL"),
+            CHECK_SEQ,
         ),
-        (
+        Row(
             "(b) wall steps/s (start → completion seen)",
-            lambda r: _fmt(r["sequential"]["wall_steps_per_s"], ",.0f"),
-            "",
-            "",
+            value("sequential", "wall_steps_per_s", ",.0f"),
         ),
-        (
-            "(c) burst steps/s",
-            lambda r: _fmt(r["burst"]["steps_per_s"], ",.0f"),
-            "",
-            "",
-        ),
-        (
+        Row("(c) burst steps/s", value("burst", "steps_per_s", ",.0f")),
+        Row(
             "(c) ratio to (a)",
-            lambda r: _fmt(r["ratios"]["burst_to_raw"], ".2f"),
+            value("ratios", "burst_to_raw", ".2f"),
             f"FULL ≥ {TARGET_BURST_RATIO}",
-            mark("(c) burst steps/s vs raw commits/s, FULL"),
+            CHECK_BURST,
         ),
-        (
-            "(c) writer commits (steps per commit)",
-            lambda r: (
-                f"{_fmt(r['burst']['commits'], 'd')}"
-                f" ({_fmt(r['burst']['steps_per_commit'], '.0f')})"
-            ),
-            "",
-            "",
-        ),
-        (
-            "(d) app.run latency p50 / p99, ms",
-            lambda r: f"{r['latency']['p50_ms']:.1f} / {r['latency']['p99_ms']:.1f}",
-            "",
-            "",
-        ),
-        (
-            "(d) in-store latency p50 / p99, ms",
-            lambda r: f"{r['latency']['store_p50_ms']:.1f} / {r['latency']['store_p99_ms']:.1f}",
-            "",
-            "",
-        ),
-        (
-            "(e) runs interrupted (steps done of total)",
-            lambda r: (
-                f"{r['recovery']['interrupted_runs']}"
-                f" ({r['recovery']['at_kill']['steps_done']}/"
-                f"{r['recovery']['runs'] * r['recovery']['steps_per_run']})"
-            ),
-            "",
-            "",
-        ),
-        (
+        Row("(c) writer commits (steps per commit)", commits),
+        Row("(d) app.run latency p50 / p99, ms", pair("latency", "p50_ms", "p99_ms")),
+        Row("(d) in-store latency p50 / p99, ms", pair("latency", "store_p50_ms", "store_p99_ms")),
+        Row("(e) runs interrupted (steps done of total)", interrupted),
+        Row(
             "(e) restart → first run claimed, s",
-            lambda r: _fmt(r["recovery"]["seconds_to_first_claim"], ".2f"),
-            "",
-            "",
+            value("recovery", "seconds_to_first_claim", ".2f"),
         ),
-        (
+        Row(
             "(e) restart → all runs completed, s",
-            lambda r: _fmt(r["recovery"]["seconds_to_all_completed"], ".2f"),
-            "",
-            "",
+            value("recovery", "seconds_to_all_completed", ".2f"),
         ),
-        (
+        Row(
             "(e) first claim → all runs completed, s",
-            lambda r: _fmt(r["recovery"]["seconds_first_claim_to_all_completed"], ".2f"),
-            "",
-            "",
+            value("recovery", "seconds_first_claim_to_all_completed", ".2f"),
         ),
     ]
-    header = ["metric", *(m.upper() for m in names), "target", "result"]
-    lines = [
-        "| " + " | ".join(header) + " |",
-        "|" + "|".join(["---", *("---:" for _ in names), "---", "---"]) + "|",
-    ]
-    for label, cell, target, verdict in rows:
-        values = [cell(modes[m]) for m in names]
-        lines.append("| " + " | ".join([label, *values, target, verdict]) + " |")
-    return "\n".join(lines)
+    return metric_table(rows, [(m.upper(), modes[m]) for m in names], results["checks"])
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -718,21 +420,13 @@ def summary(results: dict[str, Any]) -> str:
         f"disk: {info['disk']}",
         f"commit: {results['revision']['commit']}"
         + (" (src/ had uncommitted changes)" if results["revision"]["src_modified"] else ""),
-        "",
-        table(results),
-        "",
     ]
-    for mode, found in results["modes"].items():
-        steal = found.get("cpu_steal_percent")
-        parts.append(
-            f"{mode.upper()}: CPU probe {found['cpu_probe_ms_before']:.1f} ms before,"
-            f" {found['cpu_probe_ms_after']:.1f} ms after (same loop; lower is faster)"
-            + ("" if steal is None else f"; CPU steal {steal:.1f}%")
-        )
-    parts.append("")
-    for check in results["checks"]:
-        verdict = "PASS" if check["passed"] else "FAIL"
-        parts.append(f"{verdict}  {check['name']}: {check['value']:.2f} (target {check['target']})")
+    if results["modes"]:
+        parts += ["", "SQLite:", "", table(results), ""]
+        parts += [cpu_line(mode.upper(), found) for mode, found in results["modes"].items()]
+        parts += ["", *check_lines(results["checks"])]
+    if "postgres" in results:
+        parts += ["", "PostgreSQL:", "", postgres.report(results["postgres"])]
     return "\n".join(parts)
 
 
@@ -740,10 +434,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
-    parser.add_argument("--sync", choices=("full", "normal", "both"), default="both")
+    parser.add_argument("--backend", choices=("sqlite", "postgres", "both"), default="both")
+    parser.add_argument(
+        "--sync", choices=("full", "normal", "both"), default="both", help="SQLite modes"
+    )
+    parser.add_argument(
+        "--postgres",
+        default=postgres.ADMIN_URL,
+        metavar="URL",
+        help="a PostgreSQL server (URL of a database to connect to while creating and dropping"
+        " the benchmark's own databases); default: $NONSTOP_BENCH_POSTGRES or %(default)s",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else Sizes()
-    modes = MODES if args.sync == "both" else (args.sync,)
+    modes = () if args.backend == "postgres" else MODES if args.sync == "both" else (args.sync,)
     quiet_logging()
     started = datetime.now(UTC)
     results: dict[str, Any] = {
@@ -758,8 +462,12 @@ def main(argv: list[str] | None = None) -> int:
     begin = time.perf_counter()
     for mode in modes:
         results["modes"][mode] = bench_mode(mode, sizes)
-    results["seconds"] = time.perf_counter() - begin
     results["checks"] = checks(results["modes"])
+    if args.backend != "sqlite":
+        found = postgres.run(args.postgres, quick=args.quick, required=args.backend == "postgres")
+        if found is not None:
+            results["postgres"] = found
+    results["seconds"] = time.perf_counter() - begin
     RESULTS.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2)
     stamp = started.strftime("%Y%m%dT%H%M%SZ")
