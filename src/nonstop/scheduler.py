@@ -112,8 +112,14 @@ class Scheduler:
         return soonest
 
     async def fire_due(self, now: float) -> int:
-        """Create the runs of every due fire; return how many this call created."""
-        created_total = 0
+        """Create the runs of every due fire; return how many this call created.
+
+        All due fires are created together (they share one commit, so the hundredth
+        schedule is not a hundred commits late), then all schedule states are saved: only
+        after the runs exist, so a crash in between fires the same ids again, which the
+        store turns into no-ops. Skipped times count as handled too."""
+        fires: list[tuple[Agent, NewRun]] = []
+        states: list[ScheduleState] = []
         for agent in self.scheduled:
             schedule = agent.schedule
             assert schedule is not None
@@ -122,8 +128,7 @@ class Scheduler:
             handled = schedule.latest(since, now)
             if handled is None:
                 continue
-            times = schedule.due(state.last_fire_at, state.anchor_at, now)
-            for t in times:
+            for t in schedule.due(state.last_fire_at, state.anchor_at, now):
                 new = NewRun(
                     id=fire_id(agent.name, t),
                     agent=agent.name,
@@ -132,20 +137,23 @@ class Scheduler:
                     scheduled_at=t,
                     not_before=t + schedule.jitter_for(agent.name, t),
                 )
-                _, created = await self.store.create_run(new, time.time())
-                if created:
-                    created_total += 1
-                    log.info(
-                        "schedule_fired",
-                        agent=agent.name,
-                        scheduled_at=iso(t),
-                        lateness_ms=round((time.time() - t) * 1000, 1),
-                    )
-            # recorded after the runs exist: a crash in between fires the same ids again,
-            # which the store turns into no-ops; skipped times count as handled too
-            state = ScheduleState(agent.name, schedule.spec, state.anchor_at, handled)
-            self._states[agent.name] = state
-            await self.store.save_schedule(state, time.time())
+                fires.append((agent, new))
+            states.append(ScheduleState(agent.name, schedule.spec, state.anchor_at, handled))
+        created = await asyncio.gather(*(self.store.create_run(n, time.time()) for _, n in fires))
+        created_total = 0
+        for (agent, new), (_, made) in zip(fires, created, strict=True):
+            if made:
+                created_total += 1
+                assert new.scheduled_at is not None
+                log.info(
+                    "schedule_fired",
+                    agent=agent.name,
+                    scheduled_at=iso(new.scheduled_at),
+                    lateness_ms=round((time.time() - new.scheduled_at) * 1000, 1),
+                )
+        await asyncio.gather(*(self.store.save_schedule(s, time.time()) for s in states))
+        for state in states:
+            self._states[state.agent] = state
         self.fired += created_total
         return created_total
 

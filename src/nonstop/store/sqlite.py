@@ -67,7 +67,7 @@ INSERT_RUN = (
 SELECT_RUN = f"SELECT {RUN_COLUMNS} FROM runs WHERE id = ?"
 SELECT_DUE = (
     "SELECT id, status, app_version, agent FROM runs"
-    " WHERE due_at <= :now AND agent IN (SELECT value FROM json_each(:agents)) AND ("
+    " WHERE due_at <= :now AND +agent IN (SELECT value FROM json_each(:agents)) AND ("
     " :version IS NULL"
     " OR (app_version IS NULL AND route >= :fresh_from AND route < :fresh_to)"
     " OR app_version = :version"
@@ -140,9 +140,10 @@ RELEASE_LEASES = (
     " wait_reason = 'released by a node shutting down', updated_at = ?"
     " WHERE lease_owner = ? AND status = 'running'"
 )
+# `+agent`: keep SQLite on the due_at index (the agent index would scan finished runs)
 SELECT_NEXT_DUE = (
     "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL"
-    " AND agent IN (SELECT value FROM json_each(?))"
+    " AND +agent IN (SELECT value FROM json_each(?))"
 )
 CHECK_LEASE_AND_BEAT = (
     "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
