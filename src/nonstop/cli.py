@@ -23,12 +23,12 @@ from rich.table import Table
 
 from nonstop.app import App, Runtime, outcome
 from nonstop.context import iso
-from nonstop.errors import ConfigError, InvalidInput, NonstopError, RunNotFound
+from nonstop.errors import ConfigError, InvalidInput, NonstopError
 from nonstop.models import JSON, Run, RunStatus, ScheduleState
 from nonstop.scheduler import fire_id
 from nonstop.store import Store, open_store, resolve_url
 from nonstop.store.base import NodeInfo
-from nonstop.views import run_detail, run_dict, why
+from nonstop.views import load_detail, run_dict, why
 
 T = TypeVar("T")
 
@@ -309,19 +309,7 @@ def show(
     """A run with its steps, attempts, errors and durations."""
     _, url = _resolve(app_spec, db, need_app=False)
 
-    async def go(store: Store) -> dict[str, Any]:
-        run = await store.get_run(run_id)
-        if run is None:
-            raise RunNotFound(f"no run with id {run_id!r}")
-        history = await store.load_history(run_id)
-        attempts = await store.list_attempts(run_id)
-        incidents = await store.list_incidents(run_id)
-        children = await store.list_children(run_id)
-        return run_detail(
-            run, list(history.steps.values()), attempts, incidents, time.time(), children
-        )
-
-    detail = _with_store(url, go)
+    detail = _with_store(url, lambda store: load_detail(store, run_id))
     if as_json:
         _print_json(detail)
         return

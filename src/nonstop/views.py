@@ -6,10 +6,15 @@ The CLI and the HTTP API both render through here, so a run reads the same every
 from __future__ import annotations
 
 import json
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 from nonstop.context import iso
+from nonstop.errors import RunNotFound
 from nonstop.models import Attempt, Incident, Run, RunStatus, StepRecord, StepStatus
+
+if TYPE_CHECKING:
+    from nonstop.store.base import Store
 
 
 def _when(ts: float | None) -> str | None:
@@ -128,3 +133,20 @@ def run_detail(
         "incidents": [incident_dict(i) for i in incidents],
         "children": counts,
     }
+
+
+async def load_detail(store: Store, run_id: str) -> dict[str, Any]:
+    """Read everything `show` and `GET /api/runs/{id}` display about a run; RunNotFound
+    if there is no such run."""
+    run = await store.get_run(run_id)
+    if run is None:
+        raise RunNotFound(f"no run with id {run_id!r}")
+    history = await store.load_history(run_id)
+    return run_detail(
+        run,
+        list(history.steps.values()),
+        await store.list_attempts(run_id),
+        await store.list_incidents(run_id),
+        time.time(),
+        await store.list_children(run_id),
+    )

@@ -32,7 +32,7 @@ from nonstop.errors import (
     UnknownAgent,
 )
 from nonstop.models import RunStatus
-from nonstop.views import run_detail, run_dict
+from nonstop.views import load_detail, run_dict
 
 _OPEN_PATHS = ("/healthz/", "/openapi.json")
 _MAX_LIMIT = 100_000
@@ -131,20 +131,7 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         return JSONResponse([run_dict(r, now) for r in found])
 
     async def get_run(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        run = await store.get_run(run_id)
-        if run is None:
-            raise RunNotFound(f"no run with id {run_id!r}")
-        history = await store.load_history(run_id)
-        detail = run_detail(
-            run,
-            list(history.steps.values()),
-            await store.list_attempts(run_id),
-            await store.list_incidents(run_id),
-            time.time(),
-            await store.list_children(run_id),
-        )
-        return JSONResponse(detail)
+        return JSONResponse(await load_detail(store, request.path_params["run_id"]))
 
     async def cancel_run(request: Request) -> Response:
         run = await store.request_cancel(request.path_params["run_id"], time.time())
