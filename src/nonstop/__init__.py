@@ -16,12 +16,14 @@ from nonstop.errors import (
     StepFailed,
     StepTimeout,
     StoreError,
+    ToolDenied,
     UnknownAgent,
 )
 from nonstop.models import RunStatus
 from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
+from nonstop.tools import Tool
 
 __all__ = [
     "Agent",
@@ -46,5 +48,7 @@ __all__ = [
     "StepTimeout",
     "StoreError",
     "SyncContext",
+    "Tool",
+    "ToolDenied",
     "UnknownAgent",
 ]

@@ -30,6 +30,7 @@ from nonstop.errors import (
 )
 from nonstop.executor import Executor
 from nonstop.models import JSON, Run, RunStatus
+from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds
 from nonstop.policies.ratelimit import Rate
 from nonstop.policies.restart import Restart
@@ -37,6 +38,7 @@ from nonstop.policies.retry import Retry
 from nonstop.policies.schedule import Schedule
 from nonstop.scheduler import Scheduler
 from nonstop.store import NewRun, Store, open_store, resolve_url
+from nonstop.tools import Tool
 
 T = TypeVar("T")
 Handler = Callable[..., Any]
@@ -64,6 +66,7 @@ class Agent:
     isolation: str = "inline"
     memory_mb: int | None = None
     cpu_seconds: float | None = None
+    tools: tuple[str, ...] = ()  # the only tools its runs may call
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -132,6 +135,7 @@ class Runtime:
         """Start executing runs here (and firing schedules and dispatching events, if the
         app has any); `options` are Executor settings."""
         if self.executor is None:
+            self.app.validate()
             self.executor = Executor(self.app, self.store, **options)
             await self.executor.start()
             scheduler = Scheduler(self.app, self.store)
@@ -273,6 +277,7 @@ class App:
         self.database_url = database_url
         self.on_version_change = on_version_change
         self.agents: dict[str, Agent] = {}
+        self.tools: dict[str, Tool] = {}
         self.groups: list[Group] = []
         self._version = version
         self._loop_thread: _LoopThread | None = None
@@ -321,6 +326,7 @@ class App:
         isolation: str = "inline",
         memory_mb: int | None = None,
         cpu_seconds: float | None = None,
+        tools: list[str | Tool] | None = None,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -346,6 +352,7 @@ class App:
         isolation: str = "inline",
         memory_mb: int | None = None,
         cpu_seconds: float | None = None,
+        tools: list[str | Tool] | None = None,
     ) -> Agent | Callable[[Handler], Agent]:
         """Declare an agent.
 
@@ -364,7 +371,8 @@ class App:
         `isolation="process"` runs each run in its own child process, with `memory_mb`
         and `cpu_seconds` enforced by the kernel; a child that dies is explained (`oom`
         with its peak RSS, `cpu_limit`, `signal N`, `exit code N`) and restarted per
-        `restart`."""
+        `restart`. `tools=` lists the tools (`@app.tool`) its runs may call; a call of any
+        other raises ToolDenied."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -407,11 +415,80 @@ class App:
                 isolation=isolation,
                 memory_mb=memory_mb,
                 cpu_seconds=cpu_seconds,
+                tools=tuple(t.name if isinstance(t, Tool) else t for t in tools or ()),
             )
             self.agents[agent_name] = declared
             return declared
 
         return declare if fn is None else declare(fn)
+
+    @overload
+    def tool(self, fn: Callable[..., Any], /) -> Tool: ...
+
+    @overload
+    def tool(
+        self,
+        fn: None = None,
+        /,
+        *,
+        name: str | None = None,
+        rate: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> Callable[[Callable[..., Any]], Tool]: ...
+
+    def tool(
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        rate: str | None = None,
+        retry: Retry | None = None,
+        timeout: Duration | None = None,
+        breaker: CircuitBreaker | None = None,
+    ) -> Tool | Callable[[Callable[..., Any]], Tool]:
+        """Register a tool that agents listing it in `tools=` call as
+        `ctx.tool(name, **args)`: a durable step, retried per `retry` (default: not
+        retried), bounded by `timeout`, guarded by `breaker`, and limited to `rate`
+        ("30/min") calls across every run and node (a call over the limit waits for its
+        turn, durably when the wait is long). `fn` may be sync or async."""
+
+        def register(function: Callable[..., Any]) -> Tool:
+            tool_name = name or getattr(function, "__name__", "")
+            if not callable(function):
+                raise ConfigError(f"tool {tool_name!r} is not callable")
+            if not tool_name or tool_name in self.tools:
+                raise ConfigError(f"tool {tool_name!r} needs a name of its own")
+            declared = Tool(
+                name=tool_name,
+                fn=function,
+                rate=None if rate is None else Rate.parse(rate),
+                retry=retry,
+                timeout=optional_seconds(timeout),
+                breaker=breaker,
+            )
+            self.tools[tool_name] = declared
+            return declared
+
+        return register if fn is None else register(fn)
+
+    def validate(self) -> None:
+        """Check what declarations alone cannot (tools may be declared after the agents
+        that list them); raise ConfigError. Nodes call this before taking any work."""
+        for agent in self.agents.values():
+            unknown = [t for t in agent.tools if t not in self.tools]
+            if unknown:
+                known = ", ".join(sorted(self.tools)) or "none"
+                raise ConfigError(
+                    f"agent {agent.name!r} lists unregistered tool(s) {', '.join(unknown)}"
+                    f" (registered with @app.tool: {known})"
+                )
+
+    def tools_of(self, agent: str) -> dict[str, Tool]:
+        """The tools `agent` may call, by name."""
+        return {name: self.tools[name] for name in self.agents[agent].tools if name in self.tools}
 
     def new_run(
         self, agent: str | Agent, input: dict[str, JSON] | None, run_id: str | None

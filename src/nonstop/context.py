@@ -30,6 +30,7 @@ from nonstop.errors import (
     NonDeterminismError,
     StepFailed,
     StepTimeout,
+    ToolDenied,
 )
 from nonstop.models import (
     JSON,
@@ -45,8 +46,10 @@ from nonstop.models import (
 from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds, seconds
+from nonstop.policies.ratelimit import Rate
 from nonstop.policies.retry import NO_RETRY, Retry
 from nonstop.store.base import LeaseLost
+from nonstop.tools import RATE_KEY, Tool
 
 if TYPE_CHECKING:
     from nonstop.store.base import NewRun, Store
@@ -129,6 +132,7 @@ class Context:
         owner: str,
         threads: ThreadPoolExecutor,
         new_run: NewRunFactory,
+        tools: dict[str, Tool] | None = None,
     ) -> None:
         self.run_id = run.id
         self.agent = run.agent
@@ -147,6 +151,7 @@ class Context:
         self._compensations: list[tuple[str, Callable[[Any], Any], Any]] = []
         self._compensating = False
         self._new_run = new_run
+        self._tools = tools or {}
         self._replay_until = max(history.steps, default=0)
         self.log = ReplayAwareLogger(
             self,
@@ -265,6 +270,39 @@ class Context:
             self._compensations.append((step_name, compensate, result))
         return result
 
+    async def tool(self, name: str, /, **args: Any) -> Any:
+        """Call the registered tool `name` with `args` as a durable step (`tool:{name}`)
+        under the tool's retry, timeout, circuit breaker and rate limit.
+
+        Only tools listed in the agent's `tools=` may be called: any other call raises
+        ToolDenied, and the tool is never reached. A call over the tool's rate limit waits
+        for its turn (parked as `sleeping` when the wait is long)."""
+        tool = self._tools.get(name)
+        if tool is None:
+            self._check_alive()
+            allowed = ", ".join(sorted(self._tools)) or "none"
+            self.log.warning("tool_denied", tool_name=name)
+            raise ToolDenied(
+                f"agent {self.agent!r} may not call tool {name!r} (its tools: {allowed})"
+            )
+        seq = self._next_seq()
+        step_name = f"tool:{name}"
+        record = self._recorded(seq, step_name)
+        if record is not None:
+            return self._replay(record)
+        self._check_cancel()
+        return await self._execute(
+            seq,
+            step_name,
+            tool.fn,
+            (),
+            args,
+            tool.retry,
+            tool.timeout,
+            breaker=tool.breaker,
+            rate=None if tool.rate is None else (RATE_KEY.format(name), tool.rate),
+        )
+
     async def _execute(
         self,
         seq: int,
@@ -277,8 +315,10 @@ class Context:
         *,
         park_long_waits: bool = True,
         breaker: CircuitBreaker | None = None,
+        rate: tuple[str, Rate] | None = None,
     ) -> Any:
-        """Execute a step that has no record: try, retry per policy, commit the outcome."""
+        """Execute a step that has no record: try, retry per policy, commit the outcome.
+        Each try takes a token of the rate-limit bucket `rate` (key, rate) first."""
         policy = retry or NO_RETRY
         limit = optional_seconds(timeout)
         key = f"{self.run_id}:{seq}"
@@ -299,6 +339,8 @@ class Context:
         while True:
             if tried and tried[-1].retry_at is not None:
                 await self._wait_for_retry(seq, step_name, tried[-1].retry_at, park_long_waits)
+            if rate is not None:
+                await self._wait_for_token(seq, step_name, *rate)
             started = time.time()
             first_start = first_start or started
             try:
@@ -348,6 +390,19 @@ class Context:
                 seq, step_name, StepStatus.COMPLETED, payload, failures + 1, first_start
             )
             return json.loads(payload)
+
+    async def _wait_for_token(self, seq: int, name: str, key: str, rate: Rate) -> None:
+        """Take a token of the shared bucket `key`, waiting for one in memory when it comes
+        soon, else parking the run until then (replay comes back here and takes it)."""
+        while wait := await self._durably(self._store.take_token(key, rate, time.time())):
+            if wait > INLINE_RETRY_WAIT:
+                at = time.time() + wait
+                await self._park(
+                    RunStatus.SLEEPING,
+                    at,
+                    f"step {seq} ({name}) waits for rate limit {rate} until {iso(at)}",
+                )
+            await asyncio.sleep(wait)
 
     async def _through_breaker(self, breaker: CircuitBreaker) -> None:
         now = time.time()
@@ -792,6 +847,7 @@ class SyncContext:
         retry: Retry | None = None,
         timeout: Duration | None = None,
         compensate: Callable[[Any], Any] | None = None,
+        breaker: CircuitBreaker | None = None,
         **kwargs: Any,
     ) -> Any:
         return self._wait(
@@ -802,9 +858,13 @@ class SyncContext:
                 retry=retry,
                 timeout=timeout,
                 compensate=compensate,
+                breaker=breaker,
                 **kwargs,
             )
         )
+
+    def tool(self, name: str, /, **args: Any) -> Any:
+        return self._wait(self._ctx.tool(name, **args))
 
     def wait_for(
         self,

@@ -54,6 +54,10 @@ class BreakerOpen(NonstopError):
     """A circuit breaker is open: the call was not made (the dependency keeps failing)."""
 
 
+class ToolDenied(NonstopError):
+    """An agent called a tool its `tools=` list does not name; the tool was not called."""
+
+
 class ChildDied(NonstopError):
     """The child process of an isolated run ended without settling it; `reason` says
     how (oom, cpu_limit, signal N, exit code N)."""

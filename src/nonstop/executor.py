@@ -36,8 +36,9 @@ from nonstop.errors import (
     NonDeterminismError,
     RunTimeout,
     StepFailed,
+    ToolDenied,
 )
-from nonstop.isolation import run_in_child
+from nonstop.isolation import memory_limits, run_in_child
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
@@ -115,6 +116,8 @@ class Executor:
             if a.concurrency is not None or a.rate is not None
         ]
         self._started_at = time.time()
+        isolated = any(a.isolation == "process" for a in app.agents.values())
+        self.memory_limits = memory_limits().detail if isolated and not isolation_child() else ""
         self.concurrency = concurrency
         self.lease_ttl = lease_ttl
         self.poll_interval = poll_interval
@@ -173,6 +176,8 @@ class Executor:
         then stop the rest and hand their leases back so another node resumes them."""
         self._stopping = True
         self._wakeup.set()
+        with contextlib.suppress(Exception):
+            await self._refresh_routing()  # tell the store: this node is shutting down
         waiting = [a.done.wait() for a in self._active.values()]
         if waiting:
             with contextlib.suppress(TimeoutError):
@@ -373,6 +378,8 @@ class Executor:
                 pid=os.getpid(),
                 started_at=self._started_at,
                 last_seen=now,
+                state="shutting_down" if self._stopping else "serving",
+                memory_limits=self.memory_limits,
             )
         )
         live: dict[str, float] = {}
@@ -394,7 +401,13 @@ class Executor:
     def _launch(self, claimed: Claimed) -> None:
         run = claimed.run
         ctx = Context(
-            run, claimed.history, self.store, self.owner, self._step_threads, self.app.new_run
+            run,
+            claimed.history,
+            self.store,
+            self.owner,
+            self._step_threads,
+            self.app.new_run,
+            self.app.tools_of(run.agent),
         )
         active = _Active(ctx)
         active.task = asyncio.create_task(self._execute(claimed, active), name=f"run:{run.id}")
@@ -600,7 +613,7 @@ class Executor:
         retryable = (
             ctx.attempt < policy.max_attempts
             and not gives_up(failure, policy.give_up_on)
-            and not isinstance(failure, InvalidInput)
+            and not isinstance(failure, InvalidInput | ToolDenied)
         )
         if retryable:
             wake_at = now + policy.delay(ctx.attempt)

@@ -3,9 +3,13 @@ under kernel limits, and its death is explained rather than silent.
 
 The parent keeps the run's lease and renews it; the child, started as
 `python -m nonstop.isolation`, opens the store itself and drives the run under the same
-owner id, so its checkpoints pass the lease checks. Limits are `RLIMIT_AS` (`memory_mb`)
-and `RLIMIT_CPU` (`cpu_seconds`). When the child dies, the parent names the reason: `oom`
-(with the peak RSS it sampled), `cpu_limit`, `signal N` or `exit code N`.
+owner id, so its checkpoints pass the lease checks.
+
+Limits: `memory_mb` is the cgroup v2 `memory.max` of a cgroup made for the child where
+this process may create one (a delegated subtree, e.g. systemd `Delegate=yes`), and
+`RLIMIT_AS` otherwise; `cpu_seconds` is `RLIMIT_CPU`. When the child dies, the parent
+names the reason: `oom` (with the peak memory it saw), `cpu_limit`, `signal N` or
+`exit code N`.
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
+import re
 import resource
 import signal
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import psutil
@@ -29,6 +36,9 @@ if TYPE_CHECKING:
     from nonstop.app import Agent, App
 
 _SAMPLE_EVERY = 0.05  # seconds between RSS samples of a child
+_SUPERVISOR_LEAF = "nonstop-node"
+"""The cgroup this process moves into so that its own cgroup may hand out the memory
+controller to per-run children (cgroup v2 allows no process in an inner cgroup)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,12 +59,115 @@ def app_spec(app: App) -> str:
     raise RuntimeError(f"cannot find {app!r} in any module: isolated agents need an importable app")
 
 
-def explain(returncode: int, peak_rss: int, agent: Agent) -> Death:
+@dataclass(frozen=True, slots=True)
+class Cgroup:
+    """A cgroup v2 directory whose `memory` controller this process may hand out: each
+    isolated run gets a child cgroup of it with `memory.max`, removed when the run ends."""
+
+    root: Path
+
+    def make(self, run_id: str, memory_mb: int) -> Path:
+        """Create the cgroup of one child process, limited to `memory_mb` (no swap, and
+        the kernel kills the whole cgroup together when it runs out)."""
+        path = self.root / f"run-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)[:80]}-{os.getpid()}"
+        path.mkdir(exist_ok=True)
+        (path / "memory.max").write_text(str(memory_mb * 2**20))
+        for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
+            with contextlib.suppress(OSError):  # absent on kernels without swap accounting
+                (path / name).write_text(value)
+        return path
+
+    @staticmethod
+    def usage(path: Path) -> tuple[int, int]:
+        """`(oom kills, peak bytes)` the kernel counted for the cgroup at `path`."""
+        kills, peak = 0, 0
+        with contextlib.suppress(OSError, ValueError):
+            for line in (path / "memory.events").read_text().splitlines():
+                key, _, value = line.partition(" ")
+                if key == "oom_kill":
+                    kills = int(value)
+        with contextlib.suppress(OSError, ValueError):
+            peak = int((path / "memory.peak").read_text())  # Linux 5.19 and later
+        return kills, peak
+
+    @staticmethod
+    def remove(path: Path) -> None:
+        """Kill whatever is left in the cgroup and remove it (best effort)."""
+        with contextlib.suppress(OSError):
+            (path / "cgroup.kill").write_text("1")
+        for _ in range(50):
+            try:
+                path.rmdir()
+                return
+            except FileNotFoundError:
+                return
+            except OSError:
+                time.sleep(0.01)  # its last process is still being reaped
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryLimits:
+    """How this node enforces `memory_mb`, and why (shown by `nonstop health`)."""
+
+    cgroup: Cgroup | None
+    detail: str
+
+    @property
+    def mechanism(self) -> str:
+        return "cgroup v2 memory.max" if self.cgroup else "RLIMIT_AS"
+
+
+def find_cgroup(
+    mount: Path = Path("/sys/fs/cgroup"), membership: Path = Path("/proc/self/cgroup")
+) -> MemoryLimits:
+    """Find, and prepare, a cgroup v2 subtree where children can get `memory.max`.
+
+    The process's own cgroup qualifies when the memory controller is available in it and
+    it is writable; this process then moves itself into a leaf (`nonstop-node`) and enables
+    the controller for the children. Anything missing means RLIMIT_AS, with the reason."""
+    try:
+        own = next(
+            line[3:].strip()
+            for line in membership.read_text().splitlines()
+            if line.startswith("0::")
+        )
+    except (OSError, StopIteration):
+        return MemoryLimits(None, "RLIMIT_AS: no cgroup v2 membership")
+    hierarchy = next(
+        (m for m in (mount, mount / "unified") if (m / "cgroup.controllers").is_file()), None
+    )
+    if hierarchy is None:
+        return MemoryLimits(None, f"RLIMIT_AS: no cgroup v2 hierarchy at {mount}")
+    root = hierarchy / own.lstrip("/")
+    try:
+        if "memory" not in (root / "cgroup.controllers").read_text().split():
+            return MemoryLimits(None, f"RLIMIT_AS: memory controller not delegated to {root}")
+        if not os.access(root / "cgroup.subtree_control", os.W_OK):
+            return MemoryLimits(None, f"RLIMIT_AS: {root} is not writable")
+        if "memory" not in (root / "cgroup.subtree_control").read_text().split():
+            leaf = root / _SUPERVISOR_LEAF
+            leaf.mkdir(exist_ok=True)
+            (leaf / "cgroup.procs").write_text(str(os.getpid()))
+            (root / "cgroup.subtree_control").write_text("+memory")
+    except OSError as exc:
+        return MemoryLimits(None, f"RLIMIT_AS: cannot delegate memory in {root}: {exc}")
+    return MemoryLimits(Cgroup(root), f"cgroup v2 memory.max under {root}")
+
+
+@functools.cache
+def memory_limits() -> MemoryLimits:
+    """This process's way of limiting isolated children's memory (decided once)."""
+    return find_cgroup()
+
+
+def explain(returncode: int, peak_rss: int, agent: Agent, oom_kills: int = 0) -> Death:
     """Turn a child's exit status into the reason people need to read."""
     peak_mb = peak_rss / 2**20
     limit = agent.memory_mb
-    if returncode == MEMORY_EXIT or (
-        returncode == -signal.SIGKILL and limit is not None and peak_mb >= 0.9 * limit
+    if (
+        returncode == MEMORY_EXIT
+        or oom_kills > 0
+        or (returncode == -signal.SIGKILL and limit is not None and peak_mb >= 0.9 * limit)
     ):
         bound = f" of {limit} MB" if limit is not None else ""
         return Death("oom", f"oom: memory limit{bound} reached, peak RSS {peak_mb:.0f} MB")
@@ -77,6 +190,24 @@ async def run_in_child(app: App, url: str, owner: str, run_id: str, agent: Agent
         command += ["--memory-mb", str(agent.memory_mb)]
     if agent.cpu_seconds is not None:
         command += ["--cpu-seconds", str(agent.cpu_seconds)]
+    cgroup = memory_limits().cgroup if agent.memory_mb is not None else None
+    group: Path | None = None
+    if cgroup is not None and agent.memory_mb is not None:
+        with contextlib.suppress(OSError):  # then the child falls back to RLIMIT_AS
+            group = cgroup.make(run_id, agent.memory_mb)
+            command += ["--cgroup", str(group)]
+    try:
+        code, peak = await _watch(command)
+    finally:
+        kills, cgroup_peak = (0, 0) if group is None else Cgroup.usage(group)
+        if group is not None:
+            await asyncio.to_thread(Cgroup.remove, group)
+    return None if code == 0 else explain(code, max(peak, cgroup_peak), agent, kills)
+
+
+async def _watch(command: list[str]) -> tuple[int, int]:
+    """Start the child and wait for it, sampling its RSS; `(exit status, peak RSS)`.
+    Cancelling this kills the child."""
     child = await asyncio.create_subprocess_exec(
         *command, stdin=asyncio.subprocess.DEVNULL, env={**os.environ, ISOLATED_ENV: "1"}
     )
@@ -94,8 +225,7 @@ async def run_in_child(app: App, url: str, owner: str, run_id: str, agent: Agent
             child.kill()
         await child.wait()
         raise
-    code = child.returncode
-    return None if code == 0 else explain(code, peak, agent)
+    return child.returncode, peak
 
 
 def _limit(kind: int, value: int) -> None:
@@ -132,8 +262,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", required=True)
     parser.add_argument("--memory-mb", type=int)
     parser.add_argument("--cpu-seconds", type=float)
+    parser.add_argument("--cgroup", type=Path)
     args = parser.parse_args(argv)
-    if args.memory_mb:
+    entered = False
+    if args.cgroup is not None:
+        with contextlib.suppress(OSError):
+            (args.cgroup / "cgroup.procs").write_text(str(os.getpid()))
+            entered = True
+    if args.memory_mb and not entered:
         _limit(resource.RLIMIT_AS, args.memory_mb * 2**20)
     if args.cpu_seconds:
         _limit(resource.RLIMIT_CPU, max(1, int(time.process_time() + args.cpu_seconds)))

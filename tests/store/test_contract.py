@@ -11,6 +11,7 @@ import pytest
 from nonstop.errors import RunNotFound, StoreError
 from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus, checksum
 from nonstop.policies.breaker import BreakerState
+from nonstop.policies.ratelimit import Rate
 from nonstop.store import LeaseLost, NewRun, Store
 from nonstop.store.base import NodeInfo, Routing
 
@@ -437,9 +438,12 @@ def test_nodes_register_refresh_and_leave(store: Store, runner: asyncio.Runner) 
         first = NodeInfo("n1", "app", "v1", 0.0, "host", 10, T0, T0)
         await store.register_node(first)
         await store.register_node(NodeInfo("n2", "app", "v2", 0.2, "host", 11, T0 + 1, T0 + 1))
-        await store.register_node(replace(first, last_seen=T0 + 9))
+        draining = replace(
+            first, last_seen=T0 + 9, state="shutting_down", memory_limits="RLIMIT_AS: why"
+        )
+        await store.register_node(draining)
         assert await store.list_nodes() == [
-            replace(first, last_seen=T0 + 9),
+            draining,
             NodeInfo("n2", "app", "v2", 0.2, "host", 11, T0 + 1, T0 + 1),
         ]
         await store.remove_node("n2")
@@ -465,3 +469,22 @@ def test_breaker_changes_are_atomic_across_connections(
     assert sorted(seen) == list(range(30))  # every change saw the one before it
     (final,) = runner.run(store.list_breakers())
     assert final.failures == 30 and final.state == "closed"
+
+
+def test_token_buckets_refill_and_are_shared_across_connections(
+    store: Store, another_store: StoreFactory, runner: asyncio.Runner
+) -> None:
+    stores = [store, another_store(), another_store()]
+    rate = Rate.parse("10/s")
+
+    async def go() -> None:
+        waits = await asyncio.gather(*(s.take_token("tool:t", rate, T0) for s in stores * 5))
+        assert sorted(waits)[:10] == [0.0] * 10  # a full bucket: a burst of 10
+        assert all(w > 0 for w in sorted(waits)[10:])  # then none, and nothing taken
+        assert await store.take_token("tool:t", rate, T0) == pytest.approx(0.1)
+        assert await store.take_token("tool:t", rate, T0 + 0.25) == 0.0  # refilled 2.5
+        assert await store.take_token("tool:t", rate, T0 + 0.25) == 0.0
+        assert await store.take_token("tool:t", rate, T0 + 0.25) == pytest.approx(0.05)
+        assert await store.take_token("tool:other", rate, T0) == 0.0  # its own bucket
+
+    runner.run(go())

@@ -18,6 +18,10 @@ class Rate:
     count: int
     period: float
 
+    def __str__(self) -> str:
+        per = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(self.period, f"{self.period:g}s")
+        return f"{self.count}/{per}"
+
     @classmethod
     def parse(cls, text: str) -> Rate:
         match = _PATTERN.match(text)
@@ -28,3 +32,12 @@ class Rate:
     def refill(self, tokens: float, elapsed: float) -> float:
         """Tokens in the bucket after `elapsed` seconds (never more than a full bucket)."""
         return min(float(self.count), tokens + max(elapsed, 0.0) * self.count / self.period)
+
+    def take(self, tokens: float, elapsed: float) -> tuple[float, float]:
+        """Take one token from a bucket that held `tokens` `elapsed` seconds ago: returns
+        the bucket's new content and 0.0, or, when it is empty, its content and the seconds
+        until a token will be there (nothing taken)."""
+        now = self.refill(tokens, elapsed)
+        if now >= 1.0:
+            return now - 1.0, 0.0
+        return now, (1.0 - now) * self.period / self.count

@@ -36,6 +36,5 @@ def allowance(
         tokens = limit.rate.refill(held, now - at)
         left = min(left, math.floor(tokens))
         if reason is None and left == 0:
-            per = {1.0: "s", 60.0: "min", 3600.0: "h"}.get(limit.rate.period, "period")
-            reason = f"rate limit {limit.rate.count}/{per} of agent {limit.agent} reached"
+            reason = f"rate limit {limit.rate} of agent {limit.agent} reached"
     return Allowance(limit.agent, left, tokens, reason)

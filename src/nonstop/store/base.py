@@ -99,6 +99,8 @@ class NodeInfo:
     pid: int
     started_at: float
     last_seen: float
+    state: str = "serving"  # or "shutting_down": draining, its alarms quiet (see node.py)
+    memory_limits: str = ""  # how it enforces isolated runs' memory_mb, and why
 
 
 class Store(Protocol):
@@ -326,6 +328,11 @@ class Store(Protocol):
 
     async def list_breakers(self) -> list[BreakerState]:
         """Every breaker's stored state."""
+
+    async def take_token(self, key: str, rate: Rate, now: float) -> float:
+        """Take one token from the bucket `key` (full when first used), refilled per
+        `rate`; return 0.0 when taken, else the seconds until a token will be there, and
+        take nothing. Atomic: all nodes share one bucket per key."""
 
     # -- nodes and versions -----------------------------------------------------------------
 

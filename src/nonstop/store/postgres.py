@@ -33,6 +33,7 @@ from nonstop.models import (
 )
 from nonstop.observe.logging import get_logger
 from nonstop.policies.breaker import BreakerState
+from nonstop.policies.ratelimit import Rate
 from nonstop.store import migrations
 from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
@@ -121,15 +122,18 @@ SAVE_BREAKER = (
     " updated_at = excluded.updated_at"
 )
 UPSERT_NODE = (
-    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET"
-    " last_seen = excluded.last_seen, canary_share = excluded.canary_share"
+    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen,"
+    " state, memory_limits) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+    " ON CONFLICT (id) DO UPDATE SET"
+    " last_seen = excluded.last_seen, canary_share = excluded.canary_share,"
+    " state = excluded.state, memory_limits = excluded.memory_limits"
 )
 DELETE_NODE = "DELETE FROM nodes WHERE id = %s"
 SELECT_NODES = (
-    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen FROM nodes"
-    " ORDER BY started_at, id"
+    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen, state,"
+    " memory_limits FROM nodes ORDER BY started_at, id"
 )
+LOCK_BUCKET = "SELECT tokens, updated_at FROM rate_limits WHERE key = %s FOR UPDATE"
 VERSION_SUMMARY = (
     "SELECT app_version, status, count(*) FROM runs GROUP BY app_version, status"
     " ORDER BY app_version, status"
@@ -787,6 +791,20 @@ class PostgresStore:
             rows = await (await conn.execute(SELECT_BREAKERS)).fetchall()
         return [BreakerState(*row) for row in rows]
 
+    async def take_token(self, key: str, rate: Rate, now: float) -> float:
+        async with self._tx() as conn:
+            # the first use of a key inserts a full bucket; later ones lock it for the take
+            await conn.execute(
+                "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (%s, %s, %s)"
+                " ON CONFLICT (key) DO NOTHING",
+                (key, float(rate.count), now),
+            )
+            row = await (await conn.execute(LOCK_BUCKET, (key,))).fetchone()
+            assert row is not None
+            tokens, wait = rate.take(row[0], now - row[1])
+            await conn.execute(SAVE_BUCKET, (key, tokens, now))
+        return wait
+
     # -- nodes and versions -----------------------------------------------------------------
 
     async def register_node(self, node: NodeInfo) -> None:
@@ -799,6 +817,8 @@ class PostgresStore:
             node.pid,
             node.started_at,
             node.last_seen,
+            node.state,
+            node.memory_limits,
         )
         async with self._tx() as conn:
             await conn.execute(UPSERT_NODE, values)

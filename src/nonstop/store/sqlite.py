@@ -35,6 +35,7 @@ from nonstop.models import (
     completed_step,
 )
 from nonstop.policies.breaker import BreakerState
+from nonstop.policies.ratelimit import Rate
 from nonstop.store import migrations
 from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
@@ -103,14 +104,15 @@ SAVE_BREAKER = (
     " updated_at = excluded.updated_at"
 )
 UPSERT_NODE = (
-    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-    " last_seen = excluded.last_seen, canary_share = excluded.canary_share"
+    "INSERT INTO nodes (id, app, version, canary_share, hostname, pid, started_at, last_seen,"
+    " state, memory_limits) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
+    " last_seen = excluded.last_seen, canary_share = excluded.canary_share,"
+    " state = excluded.state, memory_limits = excluded.memory_limits"
 )
 DELETE_NODE = "DELETE FROM nodes WHERE id = ?"
 SELECT_NODES = (
-    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen FROM nodes"
-    " ORDER BY started_at, id"
+    "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen, state,"
+    " memory_limits FROM nodes ORDER BY started_at, id"
 )
 VERSION_SUMMARY = (
     "SELECT app_version, status, count(*) FROM runs GROUP BY app_version, status"
@@ -805,6 +807,15 @@ class SQLiteStore:
         rows = await self._read(lambda c: c.execute(SELECT_BREAKERS).fetchall())
         return [BreakerState(*row) for row in rows]
 
+    async def take_token(self, key: str, rate: Rate, now: float) -> float:
+        def op(conn: sqlite3.Connection) -> float:
+            row = conn.execute(SELECT_BUCKET, (key,)).fetchone()
+            tokens, wait = rate.take(*((row[0], now - row[1]) if row else (rate.count, 0.0)))
+            conn.execute(SAVE_BUCKET, (key, tokens, now))
+            return wait
+
+        return await self._write.submit(op)
+
     # -- nodes and versions -----------------------------------------------------------------
 
     async def register_node(self, node: NodeInfo) -> None:
@@ -817,6 +828,8 @@ class SQLiteStore:
             node.pid,
             node.started_at,
             node.last_seen,
+            node.state,
+            node.memory_limits,
         )
         await self._write.submit(lambda conn: conn.execute(UPSERT_NODE, values))
 
