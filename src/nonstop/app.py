@@ -32,6 +32,7 @@ from nonstop.executor import Executor
 from nonstop.models import JSON, Run, RunStatus
 from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds
+from nonstop.policies.loops import NO_LOOP_LIMITS, LoopGuard
 from nonstop.policies.ratelimit import Rate
 from nonstop.policies.restart import Restart
 from nonstop.policies.retry import Retry
@@ -67,6 +68,7 @@ class Agent:
     memory_mb: int | None = None
     cpu_seconds: float | None = None
     tools: tuple[str, ...] = ()  # the only tools its runs may call
+    loops: LoopGuard = NO_LOOP_LIMITS
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """Call the handler directly (for unit tests of the handler's own logic)."""
@@ -327,6 +329,8 @@ class App:
         memory_mb: int | None = None,
         cpu_seconds: float | None = None,
         tools: list[str | Tool] | None = None,
+        max_steps: int | None = None,
+        max_repeats: int | None = None,
     ) -> Callable[[Handler], Agent]: ...
 
     def agent(
@@ -353,6 +357,8 @@ class App:
         memory_mb: int | None = None,
         cpu_seconds: float | None = None,
         tools: list[str | Tool] | None = None,
+        max_steps: int | None = None,
+        max_repeats: int | None = None,
     ) -> Agent | Callable[[Handler], Agent]:
         """Declare an agent.
 
@@ -372,7 +378,9 @@ class App:
         and `cpu_seconds` enforced by the kernel; a child that dies is explained (`oom`
         with its peak RSS, `cpu_limit`, `signal N`, `exit code N`) and restarted per
         `restart`. `tools=` lists the tools (`@app.tool`) its runs may call; a call of any
-        other raises ToolDenied."""
+        other raises ToolDenied. `max_steps` caps the durable calls one execution makes,
+        `max_repeats` the calls of one tool with the same arguments: a run over either is
+        a loop, paused for a human with an alert."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__
@@ -416,6 +424,7 @@ class App:
                 memory_mb=memory_mb,
                 cpu_seconds=cpu_seconds,
                 tools=tuple(t.name if isinstance(t, Tool) else t for t in tools or ()),
+                loops=LoopGuard(max_steps, max_repeats),
             )
             self.agents[agent_name] = declared
             return declared

@@ -611,15 +611,18 @@ def health(
     """Each agent's state and last heartbeat age; exit 1 if anything is unhealthy.
 
     Unhealthy: a running run silent for longer than its agent's heartbeat_timeout, or a run
-    paused after escalation. Dead runs are counted (see `nonstop dlq list`) but not fatal."""
+    paused after escalation. Dead runs are counted (see `nonstop dlq list`) but not fatal.
+    Also lists the nodes: serving or shutting down, and how each enforces isolated runs'
+    memory_mb (cgroup v2 memory.max, or RLIMIT_AS and why)."""
     app, url = _resolve(app_spec, db, need_app=True)
     assert app is not None
     active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.DEAD]
 
-    async def go(store: Store) -> dict[RunStatus, list[Run]]:
-        return {s: await store.list_runs(status=s, limit=0) for s in active}
+    async def go(store: Store) -> tuple[dict[RunStatus, list[Run]], list[NodeInfo]]:
+        runs = {s: await store.list_runs(status=s, limit=0) for s in active}
+        return runs, await store.list_nodes()
 
-    found = _with_store(url, go)
+    found, nodes = _with_store(url, go)
     now = time.time()
     report: list[dict[str, Any]] = []
     for agent in app.agents.values():
@@ -651,13 +654,23 @@ def health(
                 "dead_runs": dead,
                 "isolation": agent.isolation
                 if agent.isolation == "inline"
-                else f"process (RLIMIT_AS {agent.memory_mb or '-'} MB,"
-                f" RLIMIT_CPU {agent.cpu_seconds or '-'} s)",
+                else f"process (memory_mb {agent.memory_mb or '-'}: see the nodes' memory"
+                f" limits; cpu_seconds {agent.cpu_seconds or '-'}: RLIMIT_CPU)",
             }
         )
+    node_rows = [
+        {
+            "node": n.id,
+            "version": n.version,
+            "state": n.state,
+            "last_seen_age_seconds": round(now - n.last_seen, 1),
+            "memory_limits": n.memory_limits or "no isolated agents",
+        }
+        for n in nodes
+    ]
     unhealthy = any(row["state"] == "unhealthy" for row in report)
     if as_json:
-        _print_json({"healthy": not unhealthy, "agents": report})
+        _print_json({"healthy": not unhealthy, "agents": report, "nodes": node_rows})
     else:
         table = Table(title="health")
         for column in ("agent", "state", "running", "oldest beat s", "silent", "escalated", "dead"):
@@ -675,5 +688,12 @@ def health(
                 str(row["dead_runs"]),
             )
         _out.print(table)
+        if node_rows:
+            nodes_table = Table(title="nodes")
+            for column in ("node", "version", "state", "seen s ago", "memory limits"):
+                nodes_table.add_column(column, overflow="fold")
+            for node in node_rows:
+                nodes_table.add_row(*(str(value) for value in node.values()))
+            _out.print(nodes_table)
     if unhealthy:
         raise typer.Exit(1)

@@ -27,6 +27,7 @@ from nonstop.errors import (
     BreakerOpen,
     CorruptCheckpoint,
     InvalidInput,
+    LoopDetected,
     NonDeterminismError,
     StepFailed,
     StepTimeout,
@@ -46,6 +47,7 @@ from nonstop.models import (
 from nonstop.observe.logging import Logger, get_logger
 from nonstop.policies.breaker import CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds, seconds
+from nonstop.policies.loops import NO_LOOP_LIMITS, LoopCounter, LoopGuard
 from nonstop.policies.ratelimit import Rate
 from nonstop.policies.retry import NO_RETRY, Retry
 from nonstop.store.base import LeaseLost
@@ -133,6 +135,7 @@ class Context:
         threads: ThreadPoolExecutor,
         new_run: NewRunFactory,
         tools: dict[str, Tool] | None = None,
+        loops: LoopGuard | None = None,
     ) -> None:
         self.run_id = run.id
         self.agent = run.agent
@@ -152,6 +155,7 @@ class Context:
         self._compensating = False
         self._new_run = new_run
         self._tools = tools or {}
+        self._loops = LoopCounter(loops or NO_LOOP_LIMITS)
         self._replay_until = max(history.steps, default=0)
         self.log = ReplayAwareLogger(
             self,
@@ -173,7 +177,14 @@ class Context:
     def _next_seq(self) -> int:
         self._check_alive()
         self._seq += 1
+        if self._seq > self._replay_until:  # executed now, not replayed: it counts
+            self._stop_looping(self._loops.step())
         return self._seq
+
+    def _stop_looping(self, reason: str | None) -> None:
+        if reason is not None:
+            self.fatal = LoopDetected(f"run {self.run_id}: {reason}; the run is paused")
+            raise self.fatal
 
     def _check_alive(self) -> None:
         if self.abandoned:
@@ -291,6 +302,7 @@ class Context:
         if record is not None:
             return self._replay(record)
         self._check_cancel()
+        self._stop_looping(self._loops.tool(name, args))
         return await self._execute(
             seq,
             step_name,

@@ -54,6 +54,11 @@ class BreakerOpen(NonstopError):
     """A circuit breaker is open: the call was not made (the dependency keeps failing)."""
 
 
+class LoopDetected(NonstopError):
+    """A run went over `max_steps` or repeated a tool call past `max_repeats`; it is
+    paused for a human (`nonstop resume` continues it with a fresh allowance)."""
+
+
 class ToolDenied(NonstopError):
     """An agent called a tool its `tools=` list does not name; the tool was not called."""
 

@@ -33,6 +33,7 @@ from nonstop.errors import (
     ChildDied,
     CorruptCheckpoint,
     InvalidInput,
+    LoopDetected,
     NonDeterminismError,
     RunTimeout,
     StepFailed,
@@ -40,6 +41,7 @@ from nonstop.errors import (
 )
 from nonstop.isolation import memory_limits, run_in_child
 from nonstop.models import Incident, RunStatus
+from nonstop.observe.alerts import Alerts
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
 from nonstop.policies.retry import gives_up
@@ -129,6 +131,7 @@ class Executor:
         self._step_threads = ThreadPoolExecutor(_STEP_THREADS, "nonstop-step")
         self._tasks: list[asyncio.Task[None]] = []
         self.last_tick = time.monotonic()  # when the claim loop last went round (liveness)
+        self.alerts = Alerts()
 
     @property
     def active_runs(self) -> int:
@@ -175,6 +178,7 @@ class Executor:
         """Stop claiming, let runs in flight reach a resting state within `grace_period`,
         then stop the rest and hand their leases back so another node resumes them."""
         self._stopping = True
+        self.alerts.draining = True
         self._wakeup.set()
         with contextlib.suppress(Exception):
             await self._refresh_routing()  # tell the store: this node is shutting down
@@ -274,9 +278,8 @@ class Executor:
                             )
                         )
                 if silent > 2 * limit:
-                    log.error(
-                        "alert",
-                        kind="missed_heartbeat",
+                    self.alerts.fire(
+                        "missed_heartbeat",
                         agent=active.ctx.agent,
                         run_id=run_id,
                         silent_s=round(silent, 3),
@@ -304,7 +307,7 @@ class Executor:
                     now=now,
                 )
                 await self.store.add_incident(Incident(run_id, agent.name, "escalated", why, now))
-                log.error("alert", kind="escalated", agent=agent.name, run_id=run_id, reason=why)
+                self.alerts.fire("escalated", agent=agent.name, run_id=run_id, reason=why)
                 return
         wake = now + (0.0 if policy is None else seconds(policy.cooldown))
         count = f"{recent + 1}" + ("" if policy is None else f" of {policy.max_restarts}")
@@ -408,6 +411,7 @@ class Executor:
             self._step_threads,
             self.app.new_run,
             self.app.tools_of(run.agent),
+            self.app.agents[run.agent].loops,
         )
         active = _Active(ctx)
         active.task = asyncio.create_task(self._execute(claimed, active), name=f"run:{run.id}")
@@ -588,15 +592,15 @@ class Executor:
         if isinstance(failure, ChildDied):
             # never a silent death: the reason goes to the run, the incidents and the log
             await self.store.add_incident(Incident(run_id, name, failure.kind, failure.reason, now))
-            log.error("alert", kind=failure.kind, agent=name, run_id=run_id, reason=failure.reason)
+            self.alerts.fire(failure.kind, agent=name, run_id=run_id, reason=failure.reason)
             await self._restart(agent, run_id, failure.reason)
             return
-        if isinstance(failure, NonDeterminismError | CorruptCheckpoint):
-            kind = (
-                "non_determinism"
-                if isinstance(failure, NonDeterminismError)
-                else ("corrupt_checkpoint")
-            )
+        if isinstance(failure, NonDeterminismError | CorruptCheckpoint | LoopDetected):
+            kind = {
+                NonDeterminismError: "non_determinism",
+                CorruptCheckpoint: "corrupt_checkpoint",
+                LoopDetected: "loop",
+            }[type(failure)]
             await self.store.park_run(
                 self.owner,
                 run_id,
@@ -607,6 +611,8 @@ class Executor:
             )
             await self.store.add_incident(Incident(run_id, name, kind, str(failure), now))
             log.error("run_paused", agent=name, run_id=run_id, error=str(failure))
+            if kind == "loop":
+                self.alerts.fire(kind, agent=name, run_id=run_id, reason=str(failure))
             return
         error = error_info(failure)
         policy = agent.retry

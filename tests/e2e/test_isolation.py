@@ -10,6 +10,8 @@ import pytest
 
 import nonstop
 from nonstop import RunStatus
+from nonstop.isolation import memory_limits
+from tests.cli.test_cli import cli_json
 from tests.unit.test_durable_runs import query, wait_status
 
 
@@ -29,6 +31,12 @@ def test_isolated_runs_work_and_deaths_are_explained(
     with app.worker(poll_interval=0.02):
         done = app.start("worker", {"n": 4}).result(60)
         assert done["total"] == 6 and done["pid"] != os.getpid()  # ran in a child
+        health = cli_json(
+            "health", "--app", "tests.e2e.isolated_app:app", "--db", str(app.database_url)
+        )
+        (node,) = health["nodes"]  # it says how this node limits memory, and why
+        assert node["memory_limits"] == memory_limits().detail and node["state"] == "serving"
+        assert node["memory_limits"].startswith(("cgroup v2 memory.max under", "RLIMIT_AS: "))
         hog = app.start("hog")
         quitter = app.start("quitter")
         suicidal = app.start("suicidal")
