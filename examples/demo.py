@@ -57,7 +57,9 @@ llm = ScriptedLLM()
 LLM_RETRY = Retry(max_attempts=4, initial=0.2, factor=2.0, max_delay=2.0)
 
 
+@app.tool(rate="30/min", timeout="10s")
 async def search(topic: str) -> list[str]:
+    """A tool: agents that list it call it by name, under its rate limit and timeout."""
     await asyncio.sleep(0.02)
     return CORPUS.get(topic, [f"No notes about {topic} yet."])
 
@@ -67,10 +69,10 @@ def next_ticket(number: int) -> dict[str, object]:
     return {"id": number, "text": f"Ticket {number}: {rng.choice(['refund', 'crash', 'how'])}"}
 
 
-@app.agent(retry=Retry(max_attempts=3, initial=1.0), timeout="5m")
+@app.agent(retry=Retry(max_attempts=3, initial=1.0), timeout="5m", tools=["search"])
 async def researcher(ctx: nonstop.Context, topic: str = "durable agents") -> dict[str, object]:
     """Looks a topic up, summarises it, waits (durably), then reviews its own summary."""
-    notes = await ctx.step(search, topic)
+    notes = await ctx.tool("search", topic=topic)
     summary = await ctx.step(
         llm.complete, "Summarise: " + " ".join(notes), name="llm.summarise", retry=LLM_RETRY
     )
