@@ -81,3 +81,5 @@ def test_the_systemd_unit_restarts_with_sense_and_waits_for_the_drain() -> None:
     exec_args = unit["ExecStart"].split()
     grace = float(exec_args[exec_args.index("--grace-period") + 1])
     assert float(unit["TimeoutStopSec"].removesuffix("s")) > grace
+    # isolated runs get their own cgroup v2 memory.max only inside a delegated subtree
+    assert "memory" in unit["Delegate"].split() or unit["Delegate"] == "yes"
