@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import hashlib
 import inspect
-import json
 import threading
 import time
 import uuid
@@ -19,7 +18,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
 
-from nonstop.context import encode
+from nonstop.context import check_unicode, encode, encode_event
 from nonstop.errors import (
     ConfigError,
     InvalidInput,
@@ -159,20 +158,14 @@ class Runtime:
         if not isinstance(name, str) or not name:
             raise InvalidInput("a signal needs a name")
         payload = encode(data, "signal data")
-        _check_unicode(data, "signal data")
+        check_unicode(data, "signal data")
         return await self.store.send_signal(run_id, name, payload, time.time())
 
     async def emit(
         self, topic: str, payload: dict[str, JSON] | None, event_id: str | None
     ) -> tuple[str, bool]:
         """Store an event for the agents subscribed to `topic`; idempotent by `event_id`."""
-        if not isinstance(topic, str) or not topic.strip():
-            raise InvalidInput("an event needs a topic")
-        data = {} if payload is None else payload
-        if not isinstance(data, dict):
-            raise InvalidInput(f"an event payload must be a JSON object, got {type(data).__name__}")
-        text = encode(data, "event payload")
-        _check_unicode(data, "event payload")
+        text = encode_event(topic, payload)
         if event_id is not None:
             _check_run_id(event_id)
         chosen = event_id or uuid.uuid4().hex
@@ -222,16 +215,7 @@ def _check_run_id(run_id: object) -> None:
         raise InvalidInput(f"run id must be at most {MAX_RUN_ID} characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in run_id):
         raise InvalidInput("run id must not contain control characters")
-    _check_unicode(run_id, "run id")
-
-
-def _check_unicode(value: object, what: str) -> None:
-    """Reject lone surrogates: `json.dumps` escapes them, but every later read of the value
-    as UTF-8 (an HTTP response, a terminal) would fail."""
-    try:
-        json.dumps(value, ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        raise InvalidInput(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+    check_unicode(run_id, "run id")
 
 
 class _LoopThread:
@@ -511,7 +495,7 @@ class App:
         if not isinstance(payload, dict):
             raise InvalidInput(f"input must be a JSON object, got {type(payload).__name__}")
         encode(payload, "input")
-        _check_unicode(payload, "input")
+        check_unicode(payload, "input")
         if run_id is not None:
             _check_run_id(run_id)
         priority = self.agents[agent_name].priority

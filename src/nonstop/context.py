@@ -119,6 +119,28 @@ def encode(value: object, what: str) -> str:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
 
 
+def check_unicode(value: object, what: str) -> None:
+    """Reject lone surrogates: `json.dumps` escapes them, but every later read of the value
+    as UTF-8 (an HTTP response, a terminal) would fail."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not valid Unicode (it holds a lone surrogate)") from None
+
+
+def encode_event(topic: object, payload: object) -> str:
+    """Validate an event (a topic name, a JSON object as payload) and encode its payload;
+    raise InvalidInput. The one check for events from Python, the CLI, HTTP and `ctx.emit`."""
+    if not isinstance(topic, str) or not topic.strip():
+        raise InvalidInput("an event needs a topic")
+    data = {} if payload is None else payload
+    if not isinstance(data, dict):
+        raise InvalidInput(f"an event payload must be a JSON object, got {type(data).__name__}")
+    text = encode(data, f"the payload of event {topic!r}")
+    check_unicode(data, f"the payload of event {topic!r}")
+    return text
+
+
 def iso(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -637,10 +659,7 @@ class Context:
     async def emit(self, topic: str, payload: dict[str, JSON] | None = None) -> str:
         """Publish an event, exactly once (it is a step; its id is the step's idempotency
         key). Every agent subscribed to `topic` runs once for it. Returns the event id."""
-        data = {} if payload is None else payload
-        if not isinstance(data, dict):
-            raise InvalidInput(f"an event payload must be a JSON object, got {type(data).__name__}")
-        text = encode(data, f"the payload of event {topic!r}")
+        text = encode_event(topic, payload)
 
         async def publish(idempotency_key: str) -> str:
             await self._store.create_event(idempotency_key, topic, text, time.time())

@@ -45,7 +45,15 @@ from nonstop.observe.alerts import Alerts
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
 from nonstop.policies.retry import gives_up
-from nonstop.store.base import Claimed, FlowLimit, LeaseLost, NodeInfo, Routing, Store
+from nonstop.store.base import (
+    Claimed,
+    FlowLimit,
+    LeaseLost,
+    NodeInfo,
+    Routing,
+    Store,
+    wake_on_work,
+)
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
@@ -157,12 +165,7 @@ class Executor:
         self._wakeup.set()
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def wake() -> None:  # the store may call from another thread
-            loop.call_soon_threadsafe(self._wakeup.set)
-
-        self.store.on_work(wake)
+        wake_on_work(self.store, self._wakeup)
         await self._recover_orphans()
         await self._refresh_routing()
         self._tasks = [

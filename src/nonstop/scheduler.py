@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from nonstop.context import iso
 from nonstop.models import Event, ScheduleState
 from nonstop.observe.logging import get_logger
-from nonstop.store.base import NewRun, Store
+from nonstop.store.base import NewRun, Store, wake_on_work
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
@@ -55,12 +55,7 @@ class Scheduler:
         return bool(self.scheduled or self.listening)
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-
-        def wake() -> None:  # the store may call from another thread
-            loop.call_soon_threadsafe(self._wakeup.set)
-
-        self.store.on_work(wake)
+        wake_on_work(self.store, self._wakeup)
         await self._load()
         self._task = asyncio.create_task(self._loop(), name="nonstop-scheduler")
 

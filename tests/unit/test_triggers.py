@@ -203,6 +203,18 @@ def test_bad_events_and_signals_are_refused(make_app: AppFactory) -> None:
         app.emit("x", [1])  # type: ignore[arg-type]
     with pytest.raises(nonstop.InvalidInput):
         app.emit(" ")
+
+    @app.agent
+    async def emitter(ctx: nonstop.Context, topic: str, lone: bool = False) -> str:
+        try:
+            await ctx.emit(topic, {"text": chr(0xD800) if lone else "ok"})
+        except nonstop.InvalidInput as exc:
+            return str(exc)
+        return "emitted"
+
+    with app.worker(poll_interval=0.02):  # a handler's events pass the same checks
+        assert app.run(emitter, {"topic": ""}) == "an event needs a topic"
+        assert "lone surrogate" in app.run(emitter, {"topic": "x", "lone": True})
     with pytest.raises(nonstop.ConfigError, match="either every= or cron="):
         app.agent(name="both", every="1m", cron="* * * * *")(sink.fn)
     with pytest.raises(nonstop.ConfigError, match="cron"):

@@ -12,6 +12,7 @@ are computed over exactly the bytes that were stored.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -101,6 +102,17 @@ class NodeInfo:
     last_seen: float
     state: str = "serving"  # or "shutting_down": draining, its alarms quiet (see node.py)
     memory_limits: str = ""  # how it enforces isolated runs' memory_mb, and why
+
+
+def wake_on_work(store: Store, event: asyncio.Event) -> None:
+    """Set `event`, on the running loop, whenever `store` announces work (`on_work` may
+    call from another thread, so the set is handed to the loop)."""
+    loop = asyncio.get_running_loop()
+
+    def wake() -> None:
+        loop.call_soon_threadsafe(event.set)
+
+    store.on_work(wake)
 
 
 class Store(Protocol):
