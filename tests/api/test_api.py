@@ -504,6 +504,11 @@ def test_list_agents(harness: Harness) -> None:
         "kind": "async",
         "timeout": None,
         "retry": {"max_attempts": 3},
+        "tools": [],
+        "isolation": "inline",
+        "heartbeat_timeout": None,
+        "max_steps": None,
+        "max_repeats": None,
     }
     assert agents["flaky"]["retry"] == {"max_attempts": 1}
     assert agents["tally"]["kind"] == "sync"

@@ -180,6 +180,11 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
                     "kind": "async" if a.is_async else "sync",
                     "timeout": a.timeout,
                     "retry": {"max_attempts": a.retry.max_attempts},
+                    "tools": list(a.tools),
+                    "isolation": a.isolation,
+                    "heartbeat_timeout": a.heartbeat_timeout,
+                    "max_steps": a.loops.max_steps,
+                    "max_repeats": a.loops.max_repeats,
                 }
                 for a in app.agents.values()
             ]
