@@ -28,11 +28,7 @@ import argparse
 import asyncio
 import contextlib
 import json
-import math
 import os
-import platform
-import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -40,7 +36,7 @@ import tempfile
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -48,15 +44,28 @@ from typing import Any
 
 import psutil
 
-import nonstop
 from nonstop.store import open_store
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (
+    BENCH_DIR,
+    REPO,
+    RESULTS,
+    SQLiteProbe,
+    alive,
+    check,
+    fmt,
+    free_port,
+    machine,
+    markdown,
+    percentile,
+    progress,
+    revision,
+    stop,
+    wait_until,
+)
 from triggers_app import SIGNAL, SLEEP_FOR, make_app
 
-BENCH_DIR = Path(__file__).resolve().parent
-REPO = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results"
 APP_FILE = BENCH_DIR / "triggers_app.py"
 MIB = 2**20
 
@@ -91,32 +100,6 @@ QUICK = Sizes(
 
 # -- helpers ---------------------------------------------------------------------------------
 
-_started = time.perf_counter()
-
-
-def progress(message: str) -> None:
-    print(
-        f"[triggers {time.perf_counter() - _started:6.1f}s] {message}", file=sys.stderr, flush=True
-    )
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile (q in 0..100) of a non-empty sequence."""
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(q / 100 * len(ordered))))
-    return ordered[rank - 1]
-
-
-def wait_until(check: Callable[[], bool], *, interval: float, timeout: float, what: str) -> float:
-    """Call `check` every `interval` seconds until it is true; return when (time.time())."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if check():
-            return time.time()
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"gave up waiting for {what} after {timeout:g}s")
-        time.sleep(interval)
-
 
 def sqlite_url(path: Path, sync: str) -> str:
     return f"sqlite:///{path}?synchronous={sync}"
@@ -131,33 +114,15 @@ def machine_cpu() -> tuple[float, float, float]:
     return total - idle - steal, steal, total
 
 
-class Probe:
-    """Reads the benchmark's database on its own sqlite3 connection, never through nonstop."""
-
-    def __init__(self, path: Path) -> None:
-        self.conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
-
-    def rows(self, query: str, *params: Any) -> list[tuple[Any, ...]]:
-        return self.conn.execute(query, params).fetchall()
-
-    def scalar(self, query: str, *params: Any) -> Any:
-        return self.rows(query, *params)[0][0]
+class Probe(SQLiteProbe):
+    """Reads the benchmark's database on its own sqlite3 connection, never through nonstop;
+    also counts the runs by status."""
 
     def statuses(self) -> dict[str, int]:
         return {s: int(n) for s, n in self.rows("SELECT status, count(*) FROM runs GROUP BY 1")}
 
-    def close(self) -> None:
-        self.conn.close()
-
 
 # -- a `nonstop serve` process ---------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:
@@ -185,9 +150,7 @@ class Server:
 
     def check(self) -> None:
         """Raise if the process has exited, with the end of its log."""
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace").splitlines()[-5:]
-            raise RuntimeError(f"nonstop serve exited with {self.process.returncode}: {tail}")
+        alive(self.process, self.log)
 
     def wait_started(self, timeout: float = 60.0) -> float:
         """Poll the startup probe until it answers 200; return when (time.time())."""
@@ -202,7 +165,8 @@ class Server:
                 return bool(response.status == 200)
             return False
 
-        return wait_until(started, interval=0.05, timeout=timeout, what="nonstop serve to start")
+        wait_until(started, interval=0.05, timeout=timeout, what="nonstop serve to start")
+        return time.time()
 
     def cpu_seconds(self) -> float:
         times = self.ps.cpu_times()
@@ -212,13 +176,8 @@ class Server:
         return int(self.ps.memory_info().rss)
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        """SIGTERM the process unless it is already dead, and reap it (SIGKILL after 30 s)."""
+        stop(self.process)
 
 
 @contextlib.contextmanager
@@ -469,7 +428,8 @@ def bench_parked(workdir: Path, sync: str, sizes: Sizes, concurrency: int) -> di
                 )
                 return int(parked) >= total
 
-            parked_at = wait_until(all_parked, interval=0.1, timeout=600, what="all runs parked")
+            wait_until(all_parked, interval=0.1, timeout=600, what="all runs parked")
+            parked_at = time.time()
             first_claim, last_park = probe.rows(
                 "SELECT min(started_at), max(updated_at) FROM runs"
             )[0]
@@ -497,58 +457,7 @@ def bench_parked(workdir: Path, sync: str, sizes: Sizes, concurrency: int) -> di
     }
 
 
-# -- machine and commit ----------------------------------------------------------------------
-
-
-def disk_of(path: Path) -> str:
-    """The device and filesystem of the mount holding `path`."""
-    with contextlib.suppress(OSError, ValueError):
-        best = ("", "", "")
-        for line in Path("/proc/mounts").read_text().splitlines():
-            device, point, fstype = line.split()[:3]
-            if str(path).startswith(point) and len(point) > len(best[1]):
-                best = (device, point, fstype)
-        return f"{best[0]} ({best[2]}) mounted on {best[1]}"
-    return "unknown"
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "sqlite": sqlite3.sqlite_version,
-        "platform": platform.platform(),
-        "disk": disk_of(RESULTS),
-        "nonstop": getattr(nonstop, "__version__", None),
-    }
-
-
-def revision() -> dict[str, Any]:
-    """The commit measured, and whether src/ differed from it."""
-
-    def git(*args: str) -> str | None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            done = subprocess.run(
-                ["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10, check=True
-            )
-            return done.stdout.strip()
-        return None
-
-    return {
-        "commit": git("rev-parse", "HEAD"),
-        "src_modified": bool(git("status", "--porcelain", "--", "src")),
-    }
-
-
 # -- reporting -------------------------------------------------------------------------------
-
-
-def fmt(value: float | None, spec: str = ".1f") -> str:
-    return "n/a" if value is None else format(value, spec)
-
-
-def check(name: str, value: float, target: str, passed: bool) -> dict[str, Any]:
-    return {"name": name, "value": value, "target": target, "passed": passed}
 
 
 def checks(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -610,11 +519,13 @@ def table(results: dict[str, Any]) -> str:
         )
         add(
             f"(T1) fire lateness p99, first → last {fires['trend_span_s']} s of the window, ms",
-            f"{fmt(fires['fire_p99_ms_first_span'])} → {fmt(fires['fire_p99_ms_last_span'])}",
+            f"{fmt(fires['fire_p99_ms_first_span'], '.1f')} →"
+            f" {fmt(fires['fire_p99_ms_last_span'], '.1f')}",
         )
         add(
             f"(T1) fire lateness p50, tick000 / tick{n - 1:03} (first / last declared), ms",
-            f"{fmt(fires['fire_p50_ms_first_agent'])} / {fmt(fires['fire_p50_ms_last_agent'])}",
+            f"{fmt(fires['fire_p50_ms_first_agent'], '.1f')} /"
+            f" {fmt(fires['fire_p50_ms_last_agent'], '.1f')}",
         )
         add(
             "(T1) start lateness p50 / p99, ms",
@@ -655,9 +566,7 @@ def table(results: dict[str, Any]) -> str:
             f"< {TARGET_PARKED_CPU_PERCENT:g}",
             "parked_cpu",
         )
-    lines = ["| metric | value | target | result |", "|---|---:|---|---|"]
-    lines += [f"| {' | '.join(row)} |" for row in rows]
-    return "\n".join(lines)
+    return markdown(["metric", "value", "target", "result"], rows, numeric=1)
 
 
 def summary(results: dict[str, Any]) -> str:

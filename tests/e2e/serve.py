@@ -9,6 +9,10 @@ running when it closes, so a failing test never leaves a node behind; use it as 
     def nodes() -> Iterator[NodePool]:
         with NodePool() as pool:
             yield pool
+
+A `DbReader` reads a node's SQLite file on a read-only connection of its own (what is on
+disk is what counts), and `diagnose` puts the database's state and the node's log tail
+into an assertion message.
 """
 
 from __future__ import annotations
@@ -18,17 +22,20 @@ import contextlib
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
+Row = tuple[Any, ...]
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
@@ -267,6 +274,65 @@ class NodePool:
         traceback: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class DbReader:
+    """Reads a node's SQLite file through a read-only connection per query, never through
+    nonstop: what is on disk is what counts.
+
+    `settled` names the statuses a run of the test is meant to end in; `describe` lists
+    the runs in any other status."""
+
+    def __init__(self, path: Path, *, settled: Sequence[str] = ("completed",)) -> None:
+        self.path = path
+        self.settled = tuple(settled)
+
+    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
+        """All rows `sql` returns (with `?` placeholders for `params`)."""
+        uri = f"{self.path.as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
+            conn.execute("PRAGMA query_only = ON")
+            return conn.execute(sql, params).fetchall()
+
+    def statuses(self) -> Counter[str]:
+        """How many runs are in each status."""
+        counts = self.rows("SELECT status, count(*) FROM runs GROUP BY status")
+        return Counter({status: count for status, count in counts})
+
+    def held_by(self, pid: int | None) -> list[str]:
+        """The ids (sorted) of the running runs leased to the node process `pid` (owner ids
+        read `host:pid:start:nonce`)."""
+        held = self.rows("SELECT id, lease_owner FROM runs WHERE status = 'running'")
+        return sorted(run_id for run_id, owner in held if owner and owner.split(":")[1] == str(pid))
+
+    def step_count(self) -> int:
+        """How many step records there are, over all runs."""
+        count: int = self.rows("SELECT count(*) FROM steps")[0][0]
+        return count
+
+    def describe(self, limit: int = 25) -> str:
+        """Status counts and the first `limit` runs not yet settled, with what they wait
+        for, who holds them and how many step records they have."""
+        now = time.time()
+        lines = [f"--- runs by status: {dict(self.statuses())}"]
+        unsettled = (
+            "SELECT id, status, wait_reason, wake_at, lease_owner,"
+            " (SELECT count(*) FROM steps WHERE steps.run_id = runs.id) FROM runs"
+            f" WHERE status NOT IN ({', '.join('?' * len(self.settled))}) ORDER BY id LIMIT ?"
+        )
+        for run_id, status, reason, wake_at, owner, steps in self.rows(
+            unsettled, (*self.settled, limit)
+        ):
+            wake = "" if wake_at is None else f" wake in {wake_at - now:+.2f}s"
+            lines.append(f"  {run_id}: {status} ({reason}){wake} owner={owner} steps={steps}")
+        return "\n".join(lines)
+
+
+def diagnose(node: ServeNode, db: DbReader) -> str:
+    """The database's state (if it exists yet) and the end of the node's log, for an
+    assertion message."""
+    state = db.describe() if db.path.exists() else "--- no database yet"
+    return f"{state}\n{node.log_tail()}"
 
 
 @atexit.register

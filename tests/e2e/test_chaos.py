@@ -35,13 +35,11 @@ follows it (four a second).
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import os
 import random
 import re
-import sqlite3
 import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
@@ -54,7 +52,7 @@ import pytest
 
 import nonstop
 from tests.e2e import chaos_app
-from tests.e2e.serve import NodePool, ServeNode, wait_until
+from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, wait_until
 
 APP = "tests/e2e/chaos_app.py:app"
 SEED = int(os.environ.get("NONSTOP_E2E_SEED", "20251123"))
@@ -78,7 +76,6 @@ NODE_ARGS = (
 TIMEOUT = round(CHAOS_SECONDS) + 90  # the chaos, the drain and the checks take ~15 s more
 SLACK = 0.05  # seconds: a clock read on either side of a commit
 
-Row = tuple[Any, ...]
 Line = dict[str, Any]
 
 INJECTED = re.compile(r"injected failure ([0-9a-f]{16}) at (\S+)")
@@ -123,63 +120,20 @@ class World:
         }
 
 
-class Db:
-    """Reads the node's SQLite file through a read-only connection: what is on disk counts."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
-        uri = f"{self.path.as_uri()}?mode=ro"
-        with contextlib.closing(sqlite3.connect(uri, uri=True, timeout=30)) as conn:
-            conn.execute("PRAGMA query_only = ON")
-            return conn.execute(sql, params).fetchall()
-
-    def statuses(self) -> Counter[str]:
-        return Counter({row[0]: row[1] for row in self.rows(STATUS_COUNTS)})
-
-    def held_by(self, pid: int) -> list[str]:
-        """Runs leased to the node process `pid` (owner ids read `host:pid:start:nonce`)."""
-        held = self.rows("SELECT id, lease_owner FROM runs WHERE status = 'running'")
-        return sorted(run_id for run_id, owner in held if owner and owner.split(":")[1] == str(pid))
-
-    def describe(self) -> str:
-        """Status counts and some unfinished runs with what they wait for."""
-        now = time.time()
-        lines = [f"--- runs by status: {dict(self.statuses())}"]
-        for run_id, status, reason, wake_at, owner, steps in self.rows(UNFINISHED):
-            wake = "" if wake_at is None else f" wake in {wake_at - now:+.2f}s"
-            lines.append(f"  {run_id}: {status} ({reason}){wake} owner={owner} steps={steps}")
-        return "\n".join(lines)
-
-
-STATUS_COUNTS = "SELECT status, count(*) FROM runs GROUP BY status"
-UNFINISHED = (
-    "SELECT id, status, wait_reason, wake_at, lease_owner,"
-    " (SELECT count(*) FROM steps WHERE steps.run_id = runs.id)"
-    " FROM runs WHERE status NOT IN ('completed', 'dead') ORDER BY id LIMIT 25"
-)
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
 
 
 @pytest.fixture
-def db(world: World) -> Db:
-    return Db(world.db_path)
+def db(world: World) -> DbReader:
+    return DbReader(world.db_path, settled=("completed", "dead"))
 
 
 @pytest.fixture
 def nodes() -> Iterator[NodePool]:
     with NodePool() as pool:
         yield pool
-
-
-def diagnose(node: ServeNode, db: Db) -> str:
-    state = db.describe() if db.path.exists() else "--- no database yet"
-    return f"{state}\n{node.log_tail()}"
 
 
 def read_jsonl(path: Path) -> list[Line]:
@@ -248,7 +202,7 @@ def run_specs() -> list[tuple[str, str]]:
     return specs
 
 
-def wait_all_finished(node: ServeNode, db: Db, count: int) -> None:
+def wait_all_finished(node: ServeNode, db: DbReader, count: int) -> None:
     """Poll until `count` runs are completed or dead; fail at once if one is paused or
     cancelled or the node dies."""
 
@@ -299,7 +253,7 @@ def injected(message: object, key: str) -> str | None:
     return found.group(1) if found is not None and found.group(2) == key else None
 
 
-def verify(world: World, db: Db, runs: dict[str, str], kills: Sequence[Kill]) -> Report:
+def verify(world: World, db: DbReader, runs: dict[str, str], kills: Sequence[Kill]) -> Report:
     """Check every invariant over the finished runs (run id -> agent); the report lists
     every violation found."""
     report = Report()
@@ -569,7 +523,9 @@ def check_observations(
         report.add(f"recorded steps no handler received: {sorted(unseen)[:10]}")
 
 
-def check_incidents(report: Report, db: Db, runs: dict[str, str], kills: Sequence[Kill]) -> None:
+def check_incidents(
+    report: Report, db: DbReader, runs: dict[str, str], kills: Sequence[Kill]
+) -> None:
     """Every run a kill orphaned was recovered once before it was orphaned again; runs with
     a restart policy were restarted after each recovery (unless a kill came first)."""
     orphaned: dict[str, list[float]] = defaultdict(list)
@@ -621,7 +577,7 @@ def check_incidents(report: Report, db: Db, runs: dict[str, str], kills: Sequenc
 @pytest.mark.slow
 @pytest.mark.timeout(TIMEOUT)
 def test_chaos_of_kills_and_failures_loses_nothing_and_records_each_outcome_once(
-    world: World, db: Db, nodes: NodePool
+    world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     rng = random.Random(SEED)

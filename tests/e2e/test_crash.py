@@ -12,13 +12,11 @@ The kill delays are seeded (`NONSTOP_E2E_SEED`) so a failure names its seed.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import json
 import math
 import os
 import random
-import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -30,7 +28,7 @@ import pytest
 
 import nonstop
 from tests.e2e import crash_app
-from tests.e2e.serve import NodePool, ServeNode, wait_until
+from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, wait_until
 
 APP = "tests/e2e/crash_app.py:app"
 SEED = int(os.environ.get("NONSTOP_E2E_SEED", "20251123"))
@@ -39,8 +37,6 @@ NODE_ARGS = ("--poll-interval", "0.05", "--lease-ttl", "5")
 CHAIN_NAMES = ("effect",) * crash_app.STEPS
 RETRIER_NAMES = ("before", "flaky", "after")
 SLEEPER_NAMES = ("before", "sleep", "after")
-
-Row = tuple[Any, ...]
 
 
 # -- the world of one test: files, database, nodes -------------------------------------------
@@ -84,66 +80,20 @@ class World:
         }
 
 
-class Db:
-    """Reads the node's SQLite file directly: what is on disk is what counts."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def rows(self, sql: str, params: Sequence[object] = ()) -> list[Row]:
-        with contextlib.closing(sqlite3.connect(self.path, timeout=30)) as conn:
-            conn.execute("PRAGMA query_only = ON")
-            return conn.execute(sql, params).fetchall()
-
-    def statuses(self) -> Counter[str]:
-        return Counter({row[0]: row[1] for row in self.rows(STATUS_COUNTS)})
-
-    def held_by(self, pid: int | None) -> list[str]:
-        """Runs leased to the node process `pid` (owner ids read `host:pid:start:nonce`)."""
-        held = self.rows("SELECT id, lease_owner FROM runs WHERE status = 'running'")
-        return [run_id for run_id, owner in held if owner and owner.split(":")[1] == str(pid)]
-
-    def step_count(self) -> int:
-        count: int = self.rows("SELECT count(*) FROM steps")[0][0]
-        return count
-
-    def describe(self) -> str:
-        """Status counts and the unfinished runs with what they wait for."""
-        now = time.time()
-        lines = [f"--- runs by status: {dict(self.statuses())}"]
-        for run_id, status, reason, wake_at, owner, steps in self.rows(UNFINISHED):
-            wake = "" if wake_at is None else f" wake in {wake_at - now:+.2f}s"
-            lines.append(f"  {run_id}: {status} ({reason}){wake} owner={owner} steps={steps}")
-        return "\n".join(lines)
-
-
-STATUS_COUNTS = "SELECT status, count(*) FROM runs GROUP BY status"
-UNFINISHED = (
-    "SELECT id, status, wait_reason, wake_at, lease_owner,"
-    " (SELECT count(*) FROM steps WHERE steps.run_id = runs.id)"
-    " FROM runs WHERE status != 'completed' ORDER BY id LIMIT 25"
-)
-
-
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return World(tmp_path)
 
 
 @pytest.fixture
-def db(world: World) -> Db:
-    return Db(world.db_path)
+def db(world: World) -> DbReader:
+    return DbReader(world.db_path)
 
 
 @pytest.fixture
 def nodes() -> Iterator[NodePool]:
     with NodePool() as pool:
         yield pool
-
-
-def diagnose(node: ServeNode, db: Db) -> str:
-    state = db.describe() if db.path.exists() else "--- no database yet"
-    return f"{state}\n{node.log_tail()}"
 
 
 def start_runs(world: World, runs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
@@ -160,7 +110,7 @@ def serve_node(nodes: NodePool, world: World, *extra: str) -> ServeNode:
     return nodes.node(APP, world.db_url, world.log, args=[*NODE_ARGS, *extra], env=world.env())
 
 
-def wait_all_completed(node: ServeNode, db: Db, count: int, timeout: float = 120.0) -> None:
+def wait_all_completed(node: ServeNode, db: DbReader, count: int, timeout: float = 120.0) -> None:
     """Poll until `count` runs are completed; fail at once if one ends elsewhere or the
     node dies."""
 
@@ -181,7 +131,7 @@ def wait_all_completed(node: ServeNode, db: Db, count: int, timeout: float = 120
     )
 
 
-def stop_gracefully(node: ServeNode, db: Db, grace: float = 30.0) -> float:
+def stop_gracefully(node: ServeNode, db: DbReader, grace: float = 30.0) -> float:
     """SIGTERM the node; it must exit 0 within `grace`. Returns how long it took."""
     code, took = node.terminate(timeout=grace + 10.0)
     assert code == 0, f"serve exited {code} on SIGTERM\n{diagnose(node, db)}"
@@ -212,7 +162,7 @@ class Verified:
     recovered: int  # `recovered` incidents (runs taken over from a dead node)
 
 
-def verify(world: World, db: Db, runs: dict[str, Sequence[str]], node: ServeNode) -> Verified:
+def verify(world: World, db: DbReader, runs: dict[str, Sequence[str]], node: ServeNode) -> Verified:
     """Check every invariant of the crash contract over the finished `runs` (run id -> step
     names by seq); raise one AssertionError listing every violation found."""
     problems: list[str] = []
@@ -350,7 +300,7 @@ class Kill:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_sigkill_at_fifty_points_loses_nothing_and_records_each_step_once(
-    world: World, db: Db, nodes: NodePool
+    world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     rng = random.Random(SEED)
@@ -429,7 +379,7 @@ class Timeline:
 
 def kill_on_cue(
     node: ServeNode,
-    db: Db,
+    db: DbReader,
     rng: random.Random,
     *,
     cue: Callable[[], str | None],
@@ -487,7 +437,7 @@ IN_BACKOFF = (
     ],
 )
 def test_sigkill_during_retry_backoff_neither_retries_early_nor_forgets(
-    agent: str, retry: nonstop.Retry, fresh: float, world: World, db: Db, nodes: NodePool
+    agent: str, retry: nonstop.Retry, fresh: float, world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     rng = random.Random(SEED + 1)
@@ -594,7 +544,7 @@ LATE_SLACK = 0.5  # a woken run's next step starts within this of a node being a
 @pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_sigkill_during_durable_sleep_keeps_the_original_wake_time(
-    world: World, db: Db, nodes: NodePool
+    world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     rng = random.Random(SEED + 2)
@@ -710,7 +660,7 @@ def chain_runs(count: int, delay: float) -> tuple[dict[str, Sequence[str]], list
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigterm_drains_runs_in_flight_and_restart_finishes_the_rest(
-    world: World, db: Db, nodes: NodePool
+    world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     grace = 15.0
@@ -757,7 +707,7 @@ def test_sigterm_drains_runs_in_flight_and_restart_finishes_the_rest(
 @pytest.mark.slow
 @pytest.mark.timeout(120)
 def test_sigterm_past_the_grace_period_hands_runs_back_intact(
-    world: World, db: Db, nodes: NodePool
+    world: World, db: DbReader, nodes: NodePool
 ) -> None:
     began = time.monotonic()
     grace = 0.5
