@@ -17,6 +17,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -676,10 +677,26 @@ def test_sigterm_drains_runs_in_flight_and_restart_finishes_the_rest(
         describe=lambda: diagnose(node, db),
     )
     in_flight = db.held_by(node.pid)
-    took = stop_gracefully(node, db, grace)
+    announced: list[str] = []  # what the node's row in the store says during the drain
+    watching = threading.Event()
+
+    def watch_node_row() -> None:
+        while not watching.is_set():
+            announced.extend(state for (state,) in db.rows("SELECT state FROM nodes"))
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch_node_row)
+    watcher.start()
+    try:
+        took = stop_gracefully(node, db, grace)
+    finally:
+        watching.set()
+        watcher.join()
 
     log = node.log_text()
     assert '"shutting_down"' in log and '"node_stopped"' in log, diagnose(node, db)
+    assert "shutting_down" in announced, f"the drain was not announced in the store: {announced}"
+    assert db.rows("SELECT id FROM nodes") == [], "a stopped node must leave the nodes table"
     statuses: dict[str, str] = dict(db.rows("SELECT id, status FROM runs"))
     owners = db.rows("SELECT id FROM runs WHERE lease_owner IS NOT NULL")
     assert not owners, f"leases left after a graceful stop: {owners}\n{diagnose(node, db)}"
