@@ -781,9 +781,11 @@ class PostgresStore:
                 (name, time.time()),
             )
             row = await (await conn.execute(SELECT_BREAKER, (name,))).fetchone()
-            result, new = change(BreakerState(*row) if row else BreakerState(name))
-            values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
-            await conn.execute(SAVE_BREAKER, values)
+            current = BreakerState(*row) if row else BreakerState(name)
+            result, new = change(current)
+            if new != current:  # a healthy breaker's calls write nothing
+                values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
+                await conn.execute(SAVE_BREAKER, values)
         return result
 
     async def list_breakers(self) -> list[BreakerState]:

@@ -796,9 +796,11 @@ class SQLiteStore:
     ) -> T:
         def op(conn: sqlite3.Connection) -> T:
             row = conn.execute(SELECT_BREAKER, (name,)).fetchone()
-            result, new = change(BreakerState(*row) if row else BreakerState(name))
-            values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
-            conn.execute(SAVE_BREAKER, values)
+            current = BreakerState(*row) if row else BreakerState(name)
+            result, new = change(current)
+            if new != current:  # a healthy breaker's calls write nothing
+                values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
+                conn.execute(SAVE_BREAKER, values)
             return result
 
         return await self._write.submit(op)
