@@ -145,13 +145,25 @@ def find_cgroup(
         if not os.access(root / "cgroup.subtree_control", os.W_OK):
             return MemoryLimits(None, f"RLIMIT_AS: {root} is not writable")
         if "memory" not in (root / "cgroup.subtree_control").read_text().split():
-            leaf = root / _SUPERVISOR_LEAF
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(os.getpid()))
-            (root / "cgroup.subtree_control").write_text("+memory")
+            _delegate_memory(root)
     except OSError as exc:
         return MemoryLimits(None, f"RLIMIT_AS: cannot delegate memory in {root}: {exc}")
     return MemoryLimits(Cgroup(root), f"cgroup v2 memory.max under {root}")
+
+
+def _delegate_memory(root: Path) -> None:
+    """Move this process into a leaf of `root` and enable the memory controller for
+    `root`'s children; on failure (other processes in `root`: EBUSY), move back."""
+    leaf = root / _SUPERVISOR_LEAF
+    leaf.mkdir(exist_ok=True)
+    (leaf / "cgroup.procs").write_text(str(os.getpid()))
+    try:
+        (root / "cgroup.subtree_control").write_text("+memory")
+    except OSError:
+        with contextlib.suppress(OSError):
+            (root / "cgroup.procs").write_text(str(os.getpid()))
+            leaf.rmdir()
+        raise
 
 
 @functools.cache
