@@ -25,6 +25,7 @@ from nonstop.app import App, Runtime, outcome
 from nonstop.context import iso
 from nonstop.errors import ConfigError, InvalidInput, NonstopError
 from nonstop.models import JSON, Run, RunStatus, ScheduleState
+from nonstop.policies.breaker import BreakerState
 from nonstop.scheduler import fire_id
 from nonstop.store import Store, open_store, resolve_url
 from nonstop.store.base import NodeInfo
@@ -612,17 +613,20 @@ def health(
 
     Unhealthy: a running run silent for longer than its agent's heartbeat_timeout, or a run
     paused after escalation. Dead runs are counted (see `nonstop dlq list`) but not fatal.
-    Also lists the nodes: serving or shutting down, and how each enforces isolated runs'
-    memory_mb (cgroup v2 memory.max, or RLIMIT_AS and why)."""
+    Also lists the nodes (serving or shutting down, and how each enforces isolated runs'
+    memory_mb: cgroup v2 memory.max, or RLIMIT_AS and why) and the circuit breakers that
+    are not closed."""
     app, url = _resolve(app_spec, db, need_app=True)
     assert app is not None
     active = [RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.DEAD]
 
-    async def go(store: Store) -> tuple[dict[RunStatus, list[Run]], list[NodeInfo]]:
+    async def go(
+        store: Store,
+    ) -> tuple[dict[RunStatus, list[Run]], list[NodeInfo], list[BreakerState]]:
         runs = {s: await store.list_runs(status=s, limit=0) for s in active}
-        return runs, await store.list_nodes()
+        return runs, await store.list_nodes(), await store.list_breakers()
 
-    found, nodes = _with_store(url, go)
+    found, nodes, breakers = _with_store(url, go)
     now = time.time()
     report: list[dict[str, Any]] = []
     for agent in app.agents.values():
@@ -668,9 +672,26 @@ def health(
         }
         for n in nodes
     ]
+    breaker_rows = [
+        {
+            "breaker": b.name,
+            "state": b.state,
+            "failures": b.failures,
+            "opened_at": None if b.opened_at is None else iso(b.opened_at),
+        }
+        for b in breakers
+        if b.state != "closed"
+    ]
     unhealthy = any(row["state"] == "unhealthy" for row in report)
     if as_json:
-        _print_json({"healthy": not unhealthy, "agents": report, "nodes": node_rows})
+        _print_json(
+            {
+                "healthy": not unhealthy,
+                "agents": report,
+                "nodes": node_rows,
+                "breakers": breaker_rows,
+            }
+        )
     else:
         table = Table(title="health")
         for column in ("agent", "state", "running", "oldest beat s", "silent", "escalated", "dead"):
@@ -695,5 +716,12 @@ def health(
             for node in node_rows:
                 nodes_table.add_row(*(str(value) for value in node.values()))
             _out.print(nodes_table)
+        if breaker_rows:
+            breakers_table = Table(title="circuit breakers not closed")
+            for column in ("breaker", "state", "failures", "opened at"):
+                breakers_table.add_column(column, overflow="fold")
+            for breaker in breaker_rows:
+                breakers_table.add_row(*(str(value) for value in breaker.values()))
+            _out.print(breakers_table)
     if unhealthy:
         raise typer.Exit(1)

@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 
+from nonstop import CircuitBreaker
+
 ROOT = Path(__file__).resolve().parents[2]
 APP = "tests/cli/cli_app.py:app"
 NONSTOP = [sys.executable, "-m", "nonstop"]
@@ -234,12 +236,19 @@ def test_health_exits_1_when_a_run_is_escalated(db: tuple[str, Path]) -> None:
             reason="paused: escalated after 3 restart(s) (oom)",
             now=time.time(),
         )
+        crm = CircuitBreaker("crm", failure_threshold=1)
+        await store.update_breaker("crm", lambda s: (None, crm.record(s, False, 1.8e9)))
+        await store.update_breaker("ok", lambda s: (None, s))  # closed: not listed
         await store.close()
 
     asyncio.run(escalate())
     sick = cli("health", "--app", APP, "--db", url, "--json")
     assert sick.returncode == 1
-    echo = {a["agent"]: a for a in json.loads(sick.stdout)["agents"]}["echo"]
+    report = json.loads(sick.stdout)
+    echo = {a["agent"]: a for a in report["agents"]}["echo"]
     assert echo["state"] == "unhealthy" and echo["escalated_runs"] == ["e1"]
+    assert report["breakers"] == [
+        {"breaker": "crm", "state": "open", "failures": 1, "opened_at": "2027-01-15T08:00:00.000Z"}
+    ]
     table = cli("health", "--app", APP, "--db", url)
-    assert table.returncode == 1 and "unhealthy" in table.stdout
+    assert table.returncode == 1 and "unhealthy" in table.stdout and "crm" in table.stdout
