@@ -45,7 +45,7 @@ from nonstop.models import (
     completed_step,
 )
 from nonstop.observe.logging import Logger, get_logger
-from nonstop.policies.breaker import CircuitBreaker
+from nonstop.policies.breaker import BreakerState, CircuitBreaker
 from nonstop.policies.durations import Duration, optional_seconds, seconds
 from nonstop.policies.loops import NO_LOOP_LIMITS, LoopCounter, LoopGuard
 from nonstop.policies.ratelimit import Rate
@@ -199,9 +199,13 @@ class Context:
     def _next_seq(self) -> int:
         self._check_alive()
         self._seq += 1
-        if self._seq > self._replay_until:  # executed now, not replayed: it counts
-            self._stop_looping(self._loops.step())
+        self._stop_looping(self._loops.step())  # replayed calls count too
         return self._seq
+
+    def allow_loop_rounds(self, rounds: int) -> None:
+        """Grant `rounds` allowances of the agent's loop limits (one plus the resumes
+        after a loop pause)."""
+        self._loops.rounds = rounds
 
     def _stop_looping(self, reason: str | None) -> None:
         if reason is not None:
@@ -210,6 +214,10 @@ class Context:
 
     def _check_alive(self) -> None:
         if self.abandoned:
+            raise Interrupt(Interrupt.ABANDONED)
+        if self.fatal is not None:
+            # the handler caught a fatal error and went on: unwind it for good (a loop
+            # around `except Exception` would otherwise spin without ever yielding)
             raise Interrupt(Interrupt.ABANDONED)
 
     def _check_cancel(self) -> None:
@@ -310,21 +318,20 @@ class Context:
         Only tools listed in the agent's `tools=` may be called: any other call raises
         ToolDenied, and the tool is never reached. A call over the tool's rate limit waits
         for its turn (parked as `sleeping` when the wait is long)."""
+        seq = self._next_seq()
+        step_name = f"tool:{name}"
+        self._stop_looping(self._loops.tool(name, args))
+        record = self._recorded(seq, step_name)
+        if record is not None:  # even if a later version denies it: it happened
+            return self._replay(record)
         tool = self._tools.get(name)
         if tool is None:
-            self._check_alive()
             allowed = ", ".join(sorted(self._tools)) or "none"
             self.log.warning("tool_denied", tool_name=name)
             raise ToolDenied(
                 f"agent {self.agent!r} may not call tool {name!r} (its tools: {allowed})"
             )
-        seq = self._next_seq()
-        step_name = f"tool:{name}"
-        record = self._recorded(seq, step_name)
-        if record is not None:
-            return self._replay(record)
         self._check_cancel()
-        self._stop_looping(self._loops.tool(name, args))
         return await self._execute(
             seq,
             step_name,
@@ -373,11 +380,13 @@ class Context:
         while True:
             if tried and tried[-1].retry_at is not None:
                 await self._wait_for_retry(seq, step_name, tried[-1].retry_at, park_long_waits)
-            if rate is not None:
-                await self._wait_for_token(seq, step_name, *rate)
             started = time.time()
             first_start = first_start or started
             try:
+                if rate is not None:
+                    if breaker is not None:  # an open breaker fails at once, keeping the token
+                        await self._through_breaker(breaker, peek=True)
+                    await self._wait_for_token(seq, step_name, *rate)
                 if breaker is not None:
                     await self._through_breaker(breaker)
                 result = await self._call(fn, args, kwargs, limit, key)
@@ -426,23 +435,30 @@ class Context:
             return json.loads(payload)
 
     async def _wait_for_token(self, seq: int, name: str, key: str, rate: Rate) -> None:
-        """Take a token of the shared bucket `key`, waiting for one in memory when it comes
-        soon, else parking the run until then (replay comes back here and takes it)."""
-        while wait := await self._durably(self._store.take_token(key, rate, time.time())):
-            if wait > INLINE_RETRY_WAIT:
-                at = time.time() + wait
-                await self._park(
-                    RunStatus.SLEEPING,
-                    at,
-                    f"step {seq} ({name}) waits for rate limit {rate} until {iso(at)}",
-                )
+        """Reserve a token of the shared bucket `key` and wait in memory until it is due,
+        when that is soon; else park the run until it will be soon (replay then comes
+        back here and reserves). Each waiter asks once per wake-up, never in a herd."""
+        now = time.time()
+        reserved, wait = await self._durably(
+            self._store.take_token(key, rate, now, INLINE_RETRY_WAIT)
+        )
+        if not reserved:
+            at = now + wait
+            reason = f"step {seq} ({name}) waits for rate limit {rate} until {iso(at)}"
+            await self._park(RunStatus.SLEEPING, at, reason)
+        if wait > 0:
             await asyncio.sleep(wait)
 
-    async def _through_breaker(self, breaker: CircuitBreaker) -> None:
+    async def _through_breaker(self, breaker: CircuitBreaker, *, peek: bool = False) -> None:
+        """Raise BreakerOpen unless the breaker lets a call through now; with `peek`, only
+        ask (a half-open breaker's trial is not used up)."""
         now = time.time()
-        admitted = await self._durably(
-            self._store.update_breaker(breaker.name, lambda state: breaker.admit(state, now))
-        )
+
+        def admit(state: BreakerState) -> tuple[bool, BreakerState]:
+            admitted, after = breaker.admit(state, now)
+            return admitted, state if peek else after
+
+        admitted = await self._durably(self._store.update_breaker(breaker.name, admit))
         if not admitted:
             raise BreakerOpen(f"circuit breaker {breaker.name!r} is open: not called")
 

@@ -39,7 +39,7 @@ from nonstop.errors import (
     StepFailed,
     ToolDenied,
 )
-from nonstop.isolation import memory_limits, run_in_child
+from nonstop.isolation import drain_children, memory_limits, run_in_child
 from nonstop.models import Incident, RunStatus
 from nonstop.observe.alerts import Alerts
 from nonstop.observe.logging import get_logger
@@ -62,6 +62,7 @@ log = get_logger("nonstop.executor")
 
 _STEP_THREADS = 64
 _MAX_BACKOFF = 10.0  # seconds between claims while the store keeps failing
+_ANNOUNCE_WITHIN = 2.0  # seconds a draining node gives the store to record shutting_down
 
 
 def node_id() -> str:
@@ -183,8 +184,10 @@ class Executor:
         self._stopping = True
         self.alerts.draining = True
         self._wakeup.set()
+        drain_children()  # isolated runs' children keep working, their alarms quiet too
         with contextlib.suppress(Exception):
-            await self._refresh_routing()  # tell the store: this node is shutting down
+            async with asyncio.timeout(_ANNOUNCE_WITHIN):  # a down database must not eat the grace
+                await self.store.register_node(self._node_info(time.time()))
         waiting = [a.done.wait() for a in self._active.values()]
         if waiting:
             with contextlib.suppress(TimeoutError):
@@ -374,20 +377,7 @@ class Executor:
         A node counts as alive while it has been seen within one lease time. The versions
         of live nodes keep their runs; a canary share of fresh runs goes to the canary."""
         now = time.time()
-        await self.store.register_node(
-            NodeInfo(
-                id=self.owner,
-                app=self.app.name,
-                version=self.app.version,
-                canary_share=self.canary_share,
-                hostname=socket.gethostname(),
-                pid=os.getpid(),
-                started_at=self._started_at,
-                last_seen=now,
-                state="shutting_down" if self._stopping else "serving",
-                memory_limits=self.memory_limits,
-            )
-        )
+        await self.store.register_node(self._node_info(now))
         live: dict[str, float] = {}
         for node in await self.store.list_nodes():
             if node.id != self.owner and (
@@ -400,6 +390,20 @@ class Executor:
         live[self.app.version] = self.canary_share
         self.routing = Routing(
             self.app.version, _fresh_share(self.canary_share, live), tuple(sorted(live))
+        )
+
+    def _node_info(self, now: float) -> NodeInfo:
+        return NodeInfo(
+            id=self.owner,
+            app=self.app.name,
+            version=self.app.version,
+            canary_share=self.canary_share,
+            hostname=socket.gethostname(),
+            pid=os.getpid(),
+            started_at=self._started_at,
+            last_seen=now,
+            state="shutting_down" if self._stopping else "serving",
+            memory_limits=self.memory_limits,
         )
 
     # -- one run ----------------------------------------------------------------------
@@ -464,6 +468,9 @@ class Executor:
         except CorruptCheckpoint:
             await self._settle_failure(agent, ctx, ctx.fatal or Exception(), time.time())
             return
+        if agent.loops.active:  # each resume after a loop pause grants one more allowance
+            incidents = await self.store.list_incidents(run.id, limit=10_000)
+            ctx.allow_loop_rounds(1 + sum(1 for i in incidents if i.kind == "loop"))
         started = time.monotonic()
         outcome: Any = None
         failure: BaseException | None = None

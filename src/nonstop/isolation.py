@@ -17,9 +17,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import ctypes
 import functools
+import hashlib
 import os
-import re
 import resource
 import signal
 import sys
@@ -31,11 +32,16 @@ from typing import TYPE_CHECKING
 import psutil
 
 from nonstop.context import ISOLATED_ENV, MEMORY_EXIT
+from nonstop.observe.logging import get_logger
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
 
+log = get_logger("nonstop.isolation")
+
 _SAMPLE_EVERY = 0.05  # seconds between RSS samples of a child
+_PR_SET_PDEATHSIG = 1  # prctl(2): the signal a process gets when its parent dies
+_children: set[asyncio.subprocess.Process] = set()  # this process's live isolated children
 _SUPERVISOR_LEAF = "nonstop-node"
 """The cgroup this process moves into so that its own cgroup may hand out the memory
 controller to per-run children (cgroup v2 allows no process in an inner cgroup)."""
@@ -68,9 +74,11 @@ class Cgroup:
 
     def make(self, run_id: str, memory_mb: int) -> Path:
         """Create the cgroup of one child process, limited to `memory_mb` (no swap, and
-        the kernel kills the whole cgroup together when it runs out)."""
-        path = self.root / f"run-{re.sub(r'[^A-Za-z0-9_.-]', '_', run_id)[:80]}-{os.getpid()}"
-        path.mkdir(exist_ok=True)
+        the kernel kills the whole cgroup together when it runs out). Named
+        `run-{node pid}-{digest of the run id}-{random}`: never shared by two children."""
+        digest = hashlib.blake2b(run_id.encode(), digest_size=6).hexdigest()
+        path = self.root / f"run-{os.getpid()}-{digest}-{os.urandom(3).hex()}"
+        path.mkdir()
         (path / "memory.max").write_text(str(memory_mb * 2**20))
         for name, value in (("memory.swap.max", "0"), ("memory.oom.group", "1")):
             with contextlib.suppress(OSError):  # absent on kernels without swap accounting
@@ -89,6 +97,14 @@ class Cgroup:
         with contextlib.suppress(OSError, ValueError):
             peak = int((path / "memory.peak").read_text())  # Linux 5.19 and later
         return kills, peak
+
+    def sweep(self) -> None:
+        """Remove the run cgroups left by nodes that died (kill -9), with whatever still
+        runs in them: their runs are recovered, from their checkpoints, elsewhere."""
+        for path in self.root.glob("run-*-*-*"):
+            pid = path.name.split("-")[1]
+            if pid.isdigit() and not psutil.pid_exists(int(pid)):
+                self.remove(path)
 
     @staticmethod
     def remove(path: Path) -> None:
@@ -148,7 +164,9 @@ def find_cgroup(
             _delegate_memory(root)
     except OSError as exc:
         return MemoryLimits(None, f"RLIMIT_AS: cannot delegate memory in {root}: {exc}")
-    return MemoryLimits(Cgroup(root), f"cgroup v2 memory.max under {root}")
+    cgroup = Cgroup(root)
+    cgroup.sweep()
+    return MemoryLimits(cgroup, f"cgroup v2 memory.max under {root}")
 
 
 def _delegate_memory(root: Path) -> None:
@@ -172,15 +190,20 @@ def memory_limits() -> MemoryLimits:
     return find_cgroup()
 
 
-def explain(returncode: int, peak_rss: int, agent: Agent, oom_kills: int = 0) -> Death:
-    """Turn a child's exit status into the reason people need to read."""
+def explain(returncode: int, peak_rss: int, agent: Agent, oom_kills: int | None = None) -> Death:
+    """Turn a child's exit status into the reason people need to read.
+
+    `oom_kills` is what the child's cgroup counted, when it had one: then that count alone
+    tells an OOM kill from another SIGKILL. Without a cgroup, a SIGKILL near the limit is
+    taken for the OS's OOM killer."""
     peak_mb = peak_rss / 2**20
     limit = agent.memory_mb
-    if (
-        returncode == MEMORY_EXIT
-        or oom_kills > 0
-        or (returncode == -signal.SIGKILL and limit is not None and peak_mb >= 0.9 * limit)
-    ):
+    if oom_kills is not None:
+        killed_for_memory = oom_kills > 0
+    else:
+        near_limit = limit is not None and peak_mb >= 0.9 * limit
+        killed_for_memory = returncode == -signal.SIGKILL and near_limit
+    if returncode == MEMORY_EXIT or killed_for_memory:
         bound = f" of {limit} MB" if limit is not None else ""
         return Death("oom", f"oom: memory limit{bound} reached, peak RSS {peak_mb:.0f} MB")
     if returncode == -signal.SIGXCPU:
@@ -205,24 +228,39 @@ async def run_in_child(app: App, url: str, owner: str, run_id: str, agent: Agent
     cgroup = memory_limits().cgroup if agent.memory_mb is not None else None
     group: Path | None = None
     if cgroup is not None and agent.memory_mb is not None:
-        with contextlib.suppress(OSError):  # then the child falls back to RLIMIT_AS
+        try:
             group = cgroup.make(run_id, agent.memory_mb)
             command += ["--cgroup", str(group)]
+        except OSError as exc:
+            log.warning("cgroup_unavailable", run_id=run_id, error=str(exc), fallback="RLIMIT_AS")
     try:
         code, peak = await _watch(command)
     finally:
-        kills, cgroup_peak = (0, 0) if group is None else Cgroup.usage(group)
+        kills, cgroup_peak = (None, 0) if group is None else Cgroup.usage(group)
         if group is not None:
             await asyncio.to_thread(Cgroup.remove, group)
     return None if code == 0 else explain(code, max(peak, cgroup_peak), agent, kills)
+
+
+def drain_children() -> None:
+    """Tell this process's isolated children that the node is shutting down (SIGTERM:
+    they carry on, with their loop and cost alarms quiet, until done or killed)."""
+    for child in list(_children):
+        with contextlib.suppress(ProcessLookupError):
+            child.send_signal(signal.SIGTERM)
 
 
 async def _watch(command: list[str]) -> tuple[int, int]:
     """Start the child and wait for it, sampling its RSS; `(exit status, peak RSS)`.
     Cancelling this kills the child."""
     child = await asyncio.create_subprocess_exec(
-        *command, stdin=asyncio.subprocess.DEVNULL, env={**os.environ, ISOLATED_ENV: "1"}
+        *command,
+        "--parent",
+        str(os.getpid()),
+        stdin=asyncio.subprocess.DEVNULL,
+        env={**os.environ, ISOLATED_ENV: "1"},
     )
+    _children.add(child)
     peak = 0
     try:
         watched = psutil.Process(child.pid)
@@ -237,7 +275,19 @@ async def _watch(command: list[str]) -> tuple[int, int]:
             child.kill()
         await child.wait()
         raise
+    finally:
+        _children.discard(child)
     return child.returncode, peak
+
+
+def _die_with_parent(parent: int) -> None:
+    """Be killed when the node dies (kill -9 included): its runs are recovered from their
+    checkpoints, and a child left running would do the same step at the same time."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the request above took effect
+        os._exit(3)
 
 
 def _limit(kind: int, value: int) -> None:
@@ -260,6 +310,12 @@ async def _drive_one(spec: str, url: str, owner: str, run_id: str) -> int:
             return 2  # nothing to do: the parent lost the run meanwhile
         history = await store.load_history(run_id)
         executor = Executor(app, store, owner=owner, concurrency=1)
+
+        def draining() -> None:  # the parent drains: finish, but keep loop alarms quiet
+            executor.alerts.draining = True
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(signum, draining)
         await executor.drive_now(Claimed(run, history, recovered=False))
         return 0
     finally:
@@ -275,7 +331,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-mb", type=int)
     parser.add_argument("--cpu-seconds", type=float)
     parser.add_argument("--cgroup", type=Path)
+    parser.add_argument("--parent", type=int)
     args = parser.parse_args(argv)
+    if args.parent is not None:
+        _die_with_parent(args.parent)
     entered = False
     if args.cgroup is not None:
         with contextlib.suppress(OSError):

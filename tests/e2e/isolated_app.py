@@ -3,6 +3,7 @@ one that exits, one that kills itself."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
@@ -42,3 +43,16 @@ async def suicidal(ctx: nonstop.Context) -> None:
 @app.agent
 async def inline(ctx: nonstop.Context) -> int:
     return os.getpid()
+
+
+async def tick() -> int:
+    await asyncio.sleep(0.2)
+    return os.getpid()
+
+
+@app.agent(isolation="process", memory_mb=1024)
+async def sleeper(ctx: nonstop.Context, ticks: int = 10) -> int:
+    """Works a while in its child, one short step at a time (for shutdown and node death)."""
+    for _ in range(ticks):
+        await ctx.step(tick)
+    return ticks

@@ -3,15 +3,19 @@ explained (oom with its peak RSS, signal, exit code) and the parent carries on."
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 import nonstop
 from nonstop import RunStatus
 from nonstop.isolation import memory_limits
 from tests.cli.test_cli import cli_json
+from tests.e2e.serve import DbReader, NodePool, ServeNode, diagnose, wait_until
 from tests.unit.test_durable_runs import query, wait_status
 
 
@@ -54,3 +58,86 @@ def test_isolated_runs_work_and_deaths_are_explained(
     steps = query(app, "SELECT count(*) FROM steps WHERE run_id = ?", hog.run_id)
     assert steps == [(1,)]  # the checkpoint before the hog's death was kept, not repeated
     assert "oom" in caplog.text  # and it is in the logs, never a silent death
+
+
+APP = "tests.e2e.isolated_app:app"
+
+
+@pytest.fixture
+def nodes() -> Iterator[NodePool]:
+    with NodePool() as pool:
+        yield pool
+
+
+def isolated_child(node: ServeNode) -> psutil.Process:
+    """The node's child process executing an isolated run (waits for it to appear)."""
+    assert node.pid is not None
+    found: list[psutil.Process] = []
+
+    def spawned() -> bool:
+        found[:] = [
+            c
+            for c in psutil.Process(node.pid).children()
+            if "nonstop.isolation" in " ".join(c.cmdline())
+        ]
+        return bool(found)
+
+    wait_until(spawned, timeout=30, what="an isolated child process", describe=node.log_tail)
+    return found[0]
+
+
+def start_sleeper(url: str, run_id: str, ticks: int) -> None:
+    started = cli_json("run", "sleeper", "--app", APP, "--db", url, "--id", run_id,
+                       "--input", json.dumps({"ticks": ticks}))  # fmt: skip
+    assert started["run_id"] == run_id
+
+
+@pytest.mark.timeout(120)
+def test_an_isolated_child_dies_with_its_node_and_its_run_resumes_once(
+    tmp_path: Path, nodes: NodePool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'isolated.db'}"
+    db = DbReader(tmp_path / "isolated.db")
+    node = nodes.node(APP, url, tmp_path / "node.log", args=["--poll-interval", "0.05"])
+    node.start()
+    node.wait_ready()
+    start_sleeper(url, "long", ticks=40)
+    child = isolated_child(node)
+    wait_until(lambda: db.step_count() >= 3, timeout=30, what="some ticks recorded")
+    node.kill()  # kill -9: no chance to stop the child itself
+    # the kernel kills the orphan (it would otherwise go on checkpointing under a lease
+    # that a restarted node takes over: the same step twice, at the same time)
+    gone, _ = psutil.wait_procs([child], timeout=5)
+    assert gone, f"the isolated child outlived its node\n{diagnose(node, db)}"
+    node.start()
+    node.wait_ready()
+    wait_until(
+        lambda: db.statuses()["completed"] == 1,
+        timeout=60,
+        what="the run completed after the restart",
+        describe=lambda: diagnose(node, db),
+    )
+    seqs = [seq for (seq,) in db.rows("SELECT seq FROM steps WHERE run_id = 'long'")]
+    assert sorted(seqs) == list(range(1, 41))  # every tick once, none lost
+
+
+@pytest.mark.timeout(120)
+def test_a_draining_node_lets_its_isolated_children_finish(tmp_path: Path, nodes: NodePool) -> None:
+    url = f"sqlite:///{tmp_path / 'isolated.db'}"
+    db = DbReader(tmp_path / "isolated.db")
+    node = nodes.node(APP, url, tmp_path / "node.log", args=["--grace-period", "30"])
+    node.start()
+    node.wait_ready()
+    start_sleeper(url, "drained", ticks=10)
+    child = isolated_child(node)
+    wait_until(lambda: db.step_count() >= 2, timeout=30, what="some ticks recorded")
+    code, took = node.terminate(timeout=40)
+    assert code == 0, diagnose(node, db)
+    assert not child.is_running()
+    # the child got the node's SIGTERM as "draining", not as a death: it finished the run
+    assert db.rows("SELECT status FROM runs WHERE id = 'drained'") == [("completed",)], diagnose(
+        node, db
+    )
+    kinds = [kind for (kind,) in db.rows("SELECT kind FROM incidents")]
+    assert "signal" not in kinds and '"alert"' not in node.log_text(), diagnose(node, db)
+    assert took < 30

@@ -471,20 +471,29 @@ def test_breaker_changes_are_atomic_across_connections(
     assert final.failures == 30 and final.state == "closed"
 
 
-def test_token_buckets_refill_and_are_shared_across_connections(
+def test_token_buckets_queue_reservations_across_connections(
     store: Store, another_store: StoreFactory, runner: asyncio.Runner
 ) -> None:
     stores = [store, another_store(), another_store()]
     rate = Rate.parse("10/s")
 
     async def go() -> None:
-        waits = await asyncio.gather(*(s.take_token("tool:t", rate, T0) for s in stores * 5))
-        assert sorted(waits)[:10] == [0.0] * 10  # a full bucket: a burst of 10
-        assert all(w > 0 for w in sorted(waits)[10:])  # then none, and nothing taken
-        assert await store.take_token("tool:t", rate, T0) == pytest.approx(0.1)
-        assert await store.take_token("tool:t", rate, T0 + 0.25) == 0.0  # refilled 2.5
-        assert await store.take_token("tool:t", rate, T0 + 0.25) == 0.0
-        assert await store.take_token("tool:t", rate, T0 + 0.25) == pytest.approx(0.05)
-        assert await store.take_token("tool:other", rate, T0) == 0.0  # its own bucket
+        taken = await asyncio.gather(
+            *(s.take_token("tool:t", rate, T0, max_wait=1.0) for s in stores * 7)
+        )
+        # a full bucket of 10 at once, then one every 0.1 s: 21 callers, 20 reserved
+        waits = sorted(wait for reserved, wait in taken if reserved)
+        assert waits == pytest.approx([0.0] * 10 + [0.1 * k for k in range(1, 11)])
+        assert [w for reserved, w in taken if not reserved] == [pytest.approx(0.1)]
+        # refused: nothing taken, so asking later reserves within the limit
+        reserved, wait = await store.take_token("tool:t", rate, T0 + 0.15, max_wait=1.0)
+        assert reserved and wait == pytest.approx(0.95)
+        # a lagging clock neither refills nor winds the bucket's time back, so the
+        # next caller on time does not get the lag's tokens a second time
+        reserved, wait = await store.take_token("tool:t", rate, T0 - 5, max_wait=9.0)
+        assert reserved and wait == pytest.approx(1.05)
+        reserved, wait = await store.take_token("tool:t", rate, T0 + 0.15, max_wait=9.0)
+        assert reserved and wait == pytest.approx(1.15)
+        assert await store.take_token("tool:other", rate, T0, max_wait=0.0) == (True, 0.0)
 
     runner.run(go())

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import nonstop
@@ -38,7 +40,8 @@ def test_a_delegated_subtree_gets_the_memory_controller_for_per_run_cgroups(
     assert (own / "cgroup.subtree_control").read_text() == "+memory"
 
     run = limits.cgroup.make("report@2026-11-23T06:00:00Z", 64)
-    assert run.parent == own and "/" not in run.name and ":" not in run.name
+    assert run.parent == own and run.name.startswith(f"run-{os.getpid()}-")
+    assert limits.cgroup.make("report@2026-11-23T06:00:00Z", 64) != run  # never shared
     assert (run / "memory.max").read_text() == str(64 * 2**20)
     assert (run / "memory.swap.max").read_text() == "0"
     assert (run / "memory.oom.group").read_text() == "1"
@@ -47,6 +50,19 @@ def test_a_delegated_subtree_gets_the_memory_controller_for_per_run_cgroups(
     assert Cgroup.usage(run) == (1, 70 * 2**20)
     Cgroup.remove(run)  # a plain directory here: it cannot go, and that is no error
     assert (run / "cgroup.kill").read_text() == "1"  # whatever was left is killed first
+
+
+def test_run_cgroups_left_by_a_dead_node_are_swept(tmp_path: Path) -> None:
+    mount, membership = fake_cgroupfs(tmp_path)
+    own = mount / "app.service"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, live = own / f"run-{dead.pid}-abc123-0f0f0f", own / f"run-{os.getpid()}-abc123-0e0e0e"
+    stale.mkdir(parents=True)
+    live.mkdir()
+    find_cgroup(mount, membership)
+    assert (stale / "cgroup.kill").read_text() == "1"  # its leftovers were killed
+    assert not (live / "cgroup.kill").exists()  # a live node's runs are left alone
 
 
 def test_without_a_usable_cgroup_v2_the_reason_is_given(tmp_path: Path) -> None:
@@ -75,3 +91,7 @@ def test_a_kernel_oom_kill_counted_by_the_cgroup_is_an_oom() -> None:
     death = explain(-signal.SIGKILL, 10 * 2**20, hungry, oom_kills=1)
     assert death.kind == "oom" and "memory limit of 64 MB" in death.detail
     assert explain(-signal.SIGKILL, 10 * 2**20, hungry).kind == "signal"
+    # near the limit: without a cgroup that is taken for the OOM killer; with one, only
+    # the kernel's count says so (its peak includes page cache)
+    assert explain(-signal.SIGKILL, 63 * 2**20, hungry).kind == "oom"
+    assert explain(-signal.SIGKILL, 63 * 2**20, hungry, oom_kills=0).kind == "signal"

@@ -186,3 +186,33 @@ def test_a_long_rate_limit_wait_parks_the_run(make_app: AppFactory) -> None:
     reason = second.get().wait_reason or ""
     assert reason.startswith("step 1 (tool:report) waits for rate limit 1/h until ")
     assert query(app, "SELECT count(*) FROM steps") == [(1,)]  # nothing recorded for it
+
+
+def test_callers_over_a_rate_limit_queue_up_and_the_far_ones_park(make_app: AppFactory) -> None:
+    app = make_app()
+    calls: list[float] = []
+
+    @app.tool(rate="5/s")
+    def send(n: int) -> int:
+        calls.append(time.monotonic())
+        return n
+
+    @app.agent(tools=["send"])
+    async def notify(ctx: nonstop.Context, n: int) -> int:
+        return int(await ctx.tool("send", n=n))
+
+    parked: set[str] = set()
+    with app.worker(poll_interval=0.02):
+        handles = [app.start(notify, {"n": n}) for n in range(20)]
+        deadline = time.monotonic() + 30
+        while not all(h.status() == RunStatus.COMPLETED for h in handles):
+            assert time.monotonic() < deadline
+            rows = query(app, "SELECT id, wait_reason FROM runs WHERE status = 'sleeping'")
+            parked |= {str(i) for i, why in rows if "waits for rate limit 5/s" in str(why)}
+            time.sleep(0.01)
+        assert sorted(h.result(1) for h in handles) == list(range(20))
+    # a burst of 5, then 5/s: a call more than a second out parks its run (no slot held,
+    # no polling) instead of waiting in memory
+    assert len(parked) >= 5, parked
+    calls.sort()
+    assert calls[-1] - calls[0] >= 2.8 - 0.1  # 15 calls after the burst at 5/s

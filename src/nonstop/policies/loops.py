@@ -1,9 +1,10 @@
 """Loop detection: stop a run whose handler is going round in circles (pure decisions).
 
-`max_steps` caps the durable calls (steps, tools, sleeps, waits...) one execution of a
-run makes; `max_repeats` caps how often it calls one tool with the same arguments. Both
-count what an execution does, not what it replays from checkpoints, so a human who
-resumes a paused run gives it a fresh allowance.
+`max_steps` caps the durable calls (steps, tools, sleeps, waits...) of a run;
+`max_repeats` caps how often it calls one tool with the same arguments. Both count the
+run's whole history, replayed calls included, so parking (a sleep, a wait, a restart)
+resets nothing. Each time a human resumes a run paused as a loop it gets one more
+allowance of the same size (`rounds`).
 """
 
 from __future__ import annotations
@@ -27,31 +28,49 @@ class LoopGuard:
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be at least 1, got {value}")
 
+    @property
+    def active(self) -> bool:
+        return self.max_steps is not None or self.max_repeats is not None
+
 
 NO_LOOP_LIMITS = LoopGuard()
 
 
 @dataclass(slots=True)
 class LoopCounter:
-    """What one execution has done so far, checked against its guard."""
+    """What a run has done so far, checked against its guard times `rounds` (1 plus the
+    times it was resumed after a loop pause)."""
 
     guard: LoopGuard
+    rounds: int = 1
     steps: int = 0
     calls: Counter[str] = field(default_factory=Counter)
 
     def step(self) -> str | None:
-        """Count one executed durable call; the reason to stop, if over `max_steps`."""
+        """Count one durable call; the reason to stop, if over `max_steps`."""
         self.steps += 1
-        limit = self.guard.max_steps
-        if limit is not None and self.steps > limit:
-            return f"max_steps {limit} reached: more than {limit} steps in one execution"
+        if self.guard.max_steps is None:
+            return None
+        limit = self.guard.max_steps * self.rounds
+        if self.steps > limit:
+            return f"max_steps reached: more than {limit} durable calls"
         return None
 
     def tool(self, name: str, args: dict[str, Any]) -> str | None:
-        """Count one executed tool call; the reason to stop, if it repeats too often."""
-        key = f"{name}:{json.dumps(args, sort_keys=True, default=repr)}"
+        """Count one tool call; the reason to stop, if it repeats too often."""
+        if self.guard.max_repeats is None:
+            return None
+        key = f"{name}:{_canonical(args)}"
         self.calls[key] += 1
-        limit = self.guard.max_repeats
-        if limit is not None and self.calls[key] > limit:
+        limit = self.guard.max_repeats * self.rounds
+        if self.calls[key] > limit:
             return f"tool {name!r} called {self.calls[key]} times with the same arguments"
         return None
+
+
+def _canonical(args: dict[str, Any]) -> str:
+    """The same text for the same arguments (key order aside)."""
+    try:
+        return json.dumps(args, sort_keys=True, default=repr)
+    except TypeError:  # keys that do not sort together (1 and "a"): order as given
+        return json.dumps(args, default=repr)

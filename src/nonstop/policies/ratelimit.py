@@ -33,11 +33,16 @@ class Rate:
         """Tokens in the bucket after `elapsed` seconds (never more than a full bucket)."""
         return min(float(self.count), tokens + max(elapsed, 0.0) * self.count / self.period)
 
-    def take(self, tokens: float, elapsed: float) -> tuple[float, float]:
-        """Take one token from a bucket that held `tokens` `elapsed` seconds ago: returns
-        the bucket's new content and 0.0, or, when it is empty, its content and the seconds
-        until a token will be there (nothing taken)."""
+    def reserve(self, tokens: float, elapsed: float, max_wait: float) -> tuple[float, float, bool]:
+        """Reserve the next token of a bucket that held `tokens` `elapsed` seconds ago.
+
+        The bucket may go negative: each reservation queues behind the ones before it and
+        learns when its token is due. Returns `(new content, wait, reserved)`: reserved
+        when the token is due within `max_wait` (then `wait` is the time until it is);
+        otherwise nothing is taken and `wait` is how long until asking again would
+        reserve one within `max_wait`."""
         now = self.refill(tokens, elapsed)
-        if now >= 1.0:
-            return now - 1.0, 0.0
-        return now, (1.0 - now) * self.period / self.count
+        due = max(0.0, 1.0 - now) * self.period / self.count
+        if due <= max_wait:
+            return now - 1.0, due, True
+        return now, due - max_wait, False

@@ -341,10 +341,14 @@ class Store(Protocol):
     async def list_breakers(self) -> list[BreakerState]:
         """Every breaker's stored state."""
 
-    async def take_token(self, key: str, rate: Rate, now: float) -> float:
-        """Take one token from the bucket `key` (full when first used), refilled per
-        `rate`; return 0.0 when taken, else the seconds until a token will be there, and
-        take nothing. Atomic: all nodes share one bucket per key."""
+    async def take_token(
+        self, key: str, rate: Rate, now: float, max_wait: float
+    ) -> tuple[bool, float]:
+        """Reserve the next token of the bucket `key` (full when first used), refilled per
+        `rate` (`Rate.reserve`): `(True, wait)` when it is due within `max_wait` (use it
+        after `wait` seconds), else `(False, wait)` with nothing taken (ask again after
+        `wait`). Atomic: all nodes share one bucket per key, and a node whose clock lags
+        never winds the bucket's time back."""
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -111,8 +111,11 @@ RESTART_RUNS = (
     " wait_reason = %s, updated_at = %s WHERE status = 'running' AND agent = ANY(%s)"
     " RETURNING id, agent"
 )
-SELECT_BREAKER = (
-    "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = %s FOR UPDATE"
+PEEK_BREAKER = "SELECT name, state, failures, opened_at, trials FROM breakers WHERE name = %s"
+SELECT_BREAKER = f"{PEEK_BREAKER} FOR UPDATE"
+INSERT_BREAKER = (
+    "INSERT INTO breakers (name, state, failures, trials, updated_at)"
+    " VALUES (%s, 'closed', 0, 0, %s) ON CONFLICT (name) DO NOTHING"
 )
 SELECT_BREAKERS = "SELECT name, state, failures, opened_at, trials FROM breakers ORDER BY name"
 SAVE_BREAKER = (
@@ -132,6 +135,10 @@ DELETE_NODE = "DELETE FROM nodes WHERE id = %s"
 SELECT_NODES = (
     "SELECT id, app, version, canary_share, hostname, pid, started_at, last_seen, state,"
     " memory_limits FROM nodes ORDER BY started_at, id"
+)
+INSERT_BUCKET = (
+    "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (%s, %s, %s)"
+    " ON CONFLICT (key) DO NOTHING"
 )
 LOCK_BUCKET = "SELECT tokens, updated_at FROM rate_limits WHERE key = %s FOR UPDATE"
 VERSION_SUMMARY = (
@@ -773,17 +780,20 @@ class PostgresStore:
     async def update_breaker(
         self, name: str, change: Callable[[BreakerState], tuple[T, BreakerState]]
     ) -> T:
+        async with self._tx(single=True) as conn:
+            row = await (await conn.execute(PEEK_BREAKER, (name,))).fetchone()
+        current = BreakerState(*row) if row else BreakerState(name)
+        result, new = change(current)
+        if new == current:
+            return result  # a healthy breaker's calls neither lock nor write
         async with self._tx() as conn:
-            # the first use of a name inserts its row; later ones lock it for the change
-            await conn.execute(
-                "INSERT INTO breakers (name, state, failures, trials, updated_at)"
-                " VALUES (%s, 'closed', 0, 0, %s) ON CONFLICT (name) DO NOTHING",
-                (name, time.time()),
-            )
+            # the first change of a name inserts its row; every change locks it and decides
+            # again on what it holds, so two nodes never act on one stale state
+            await conn.execute(INSERT_BREAKER, (name, time.time()))
             row = await (await conn.execute(SELECT_BREAKER, (name,))).fetchone()
             current = BreakerState(*row) if row else BreakerState(name)
             result, new = change(current)
-            if new != current:  # a healthy breaker's calls write nothing
+            if new != current:
                 values = (name, new.state, new.failures, new.opened_at, new.trials, time.time())
                 await conn.execute(SAVE_BREAKER, values)
         return result
@@ -793,19 +803,19 @@ class PostgresStore:
             rows = await (await conn.execute(SELECT_BREAKERS)).fetchall()
         return [BreakerState(*row) for row in rows]
 
-    async def take_token(self, key: str, rate: Rate, now: float) -> float:
+    async def take_token(
+        self, key: str, rate: Rate, now: float, max_wait: float
+    ) -> tuple[bool, float]:
         async with self._tx() as conn:
             # the first use of a key inserts a full bucket; later ones lock it for the take
-            await conn.execute(
-                "INSERT INTO rate_limits (key, tokens, updated_at) VALUES (%s, %s, %s)"
-                " ON CONFLICT (key) DO NOTHING",
-                (key, float(rate.count), now),
-            )
+            await conn.execute(INSERT_BUCKET, (key, float(rate.count), now))
             row = await (await conn.execute(LOCK_BUCKET, (key,))).fetchone()
             assert row is not None
-            tokens, wait = rate.take(row[0], now - row[1])
-            await conn.execute(SAVE_BUCKET, (key, tokens, now))
-        return wait
+            held, at = row
+            tokens, wait, reserved = rate.reserve(held, now - at, max_wait)
+            if reserved:
+                await conn.execute(SAVE_BUCKET, (key, tokens, max(at, now)))
+        return reserved, wait
 
     # -- nodes and versions -----------------------------------------------------------------
 

@@ -809,12 +809,15 @@ class SQLiteStore:
         rows = await self._read(lambda c: c.execute(SELECT_BREAKERS).fetchall())
         return [BreakerState(*row) for row in rows]
 
-    async def take_token(self, key: str, rate: Rate, now: float) -> float:
-        def op(conn: sqlite3.Connection) -> float:
-            row = conn.execute(SELECT_BUCKET, (key,)).fetchone()
-            tokens, wait = rate.take(*((row[0], now - row[1]) if row else (rate.count, 0.0)))
-            conn.execute(SAVE_BUCKET, (key, tokens, now))
-            return wait
+    async def take_token(
+        self, key: str, rate: Rate, now: float, max_wait: float
+    ) -> tuple[bool, float]:
+        def op(conn: sqlite3.Connection) -> tuple[bool, float]:
+            held, at = conn.execute(SELECT_BUCKET, (key,)).fetchone() or (rate.count, now)
+            tokens, wait, reserved = rate.reserve(held, now - at, max_wait)
+            if reserved:
+                conn.execute(SAVE_BUCKET, (key, tokens, max(at, now)))
+            return reserved, wait
 
         return await self._write.submit(op)
 
