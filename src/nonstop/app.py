@@ -362,9 +362,9 @@ class App:
         and `cpu_seconds` enforced by the kernel; a child that dies is explained (`oom`
         with its peak RSS, `cpu_limit`, `signal N`, `exit code N`) and restarted per
         `restart`. `tools=` lists the tools (`@app.tool`) its runs may call; a call of any
-        other raises ToolDenied. `max_steps` caps the durable calls one execution makes,
-        `max_repeats` the calls of one tool with the same arguments: a run over either is
-        a loop, paused for a human with an alert."""
+        other raises ToolDenied. `max_steps` caps a run's durable calls, `max_repeats` its
+        calls of one tool with the same arguments: a run over either is a loop, paused for
+        a human with an alert (each resume grants one more allowance)."""
 
         def declare(handler: Handler) -> Agent:
             agent_name = name or handler.__name__

@@ -6,7 +6,7 @@ The parent keeps the run's lease and renews it; the child, started as
 owner id, so its checkpoints pass the lease checks.
 
 Limits: `memory_mb` is the cgroup v2 `memory.max` of a cgroup made for the child where
-this process may create one (a delegated subtree, e.g. systemd `Delegate=yes`), and
+this process may create one (a delegated subtree, e.g. systemd `Delegate=memory`), and
 `RLIMIT_AS` otherwise; `cpu_seconds` is `RLIMIT_CPU`. When the child dies, the parent
 names the reason: `oom` (with the peak memory it saw), `cpu_limit`, `signal N` or
 `exit code N`.
