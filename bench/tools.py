@@ -1,10 +1,12 @@
 """What a tool call costs beside a plain durable step, and what its policies add.
 
-    .venv/bin/python bench/tools.py [--quick] [--json] [--sync full|normal]
+    .venv/bin/python bench/tools.py [--quick] [--json] [--sync full|normal] [--repeat 3]
 
 Each measurement gets a fresh SQLite file in a temporary directory under bench/results/
 (the same disk as the repository) and one run of N calls on an in-process worker, timed
-from the run's `started_at` to its `finished_at` in the store, after a warm-up run:
+from the run's `started_at` to its `finished_at` in the store, after a warm-up run. The
+kinds take turns, `--repeat` rounds of them, and the table shows each one's median (this
+machine's speed drifts from minute to minute):
 
   raw      bare sqlite3 single-row commits (the baseline, as `run.py`'s (a))
   steps    `await ctx.step(noop)`
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -85,17 +88,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
     parser.add_argument("--sync", choices=("full", "normal"), default="full")
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of every kind")
     args = parser.parse_args(argv)
     calls = 200 if args.quick else 1000
     quiet_logging()
     RESULTS.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {"sync": args.sync, "machine": machine(), "kinds": {}}
+    rounds: dict[str, list[dict[str, Any]]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory(dir=RESULTS) as tmp:
         progress(f"raw sqlite3 commits ({args.sync})")
         results["raw"] = bench_raw(Path(tmp) / "raw.db", args.sync, 2 * calls)
-        for kind in KINDS:
-            progress(f"{kind}: one run of {calls} calls")
-            results["kinds"][kind] = bench_kind(Path(tmp) / f"{kind}.db", args.sync, kind, calls)
+        for round_ in range(args.repeat):
+            for kind in KINDS:
+                progress(f"round {round_ + 1}: {kind}, one run of {calls} calls")
+                path = Path(tmp) / f"{kind}-{round_}.db"
+                rounds[kind].append(bench_kind(path, args.sync, kind, calls))
+    for kind, found in rounds.items():
+        rates = [r["per_s"] for r in found]
+        results["kinds"][kind] = {"per_s": statistics.median(rates), "rounds": rates}
     raw = results["raw"]["commits_per_s"]
     steps = results["kinds"]["steps"]["per_s"]
     rows = [["raw sqlite3 commits", f"{raw:,.0f}", "1.00", ""]]
