@@ -10,7 +10,9 @@ a recorded result came from. The error message of an injected failure names its 
 
 Steps 3, 6 and 9 are tried once, step 5 retries after a wait long enough to park the run,
 the others retry in memory; the run itself is retried once (`RUN_RETRY`). So a run ends
-`dead` when one of its steps gives up in both of its attempts.
+`dead` when one of its steps gives up in both of its attempts. `chaos_tools` makes the
+same calls as registered tools (`ctx.tool`), the in-memory ones under a rate limit shared
+by every run, so that some calls wait for their token and some runs park for it.
 
 The handlers append what they observed after each step to a second file, on every
 execution including replays, and return the list of step results they observed.
@@ -60,6 +62,9 @@ PARKED_RETRY = Retry(max_attempts=3, initial=1.2, factor=1.0, jitter=False)
 RUN_RETRY = Retry(max_attempts=2, initial=0.2, factor=1.0)
 """A run whose step gives up is tried once more (completed steps are kept)."""
 
+TOOL_RATE = "8/s"
+"""The rate limit of the `effect_rated` tool: below what the runs ask for, so calls queue."""
+
 RESTART = Restart(cooldown=0.1, max_restarts=1_000_000, window="1h")
 """The restart policy of `chaos_restart`: a run its node's crash took down restarts after a
 short cooldown (a `restarted` incident) and never escalates."""
@@ -81,6 +86,18 @@ def step_retry(seq: int) -> Retry | None:
     if seq == 5:
         return PARKED_RETRY
     return IN_MEMORY_RETRY
+
+
+def tool_for(seq: int) -> str:
+    """The tool `chaos_tools` calls at step `seq` (the same retry policy as `step_retry`)."""
+    if step_retry(seq) is None:
+        return "effect_once"
+    return "effect_parked" if seq == 5 else "effect_rated"
+
+
+def step_name(agent: str, seq: int) -> str:
+    """The name step `seq` of a run of `agent` is recorded under."""
+    return f"tool:{tool_for(seq)}" if agent == "chaos_tools" else "effect"
 
 
 def max_tries(seq: int) -> int:
@@ -194,7 +211,22 @@ async def chaos_restart(ctx: nonstop.Context, delay: float = STEP_DELAY) -> dict
     return await _chain(ctx, delay)
 
 
-AGENTS = ("chaos_async", "chaos_sync", "chaos_restart")
+async def chaos_tools(ctx: nonstop.Context, delay: float = STEP_DELAY) -> dict[str, list[Result]]:
+    """The chain again, each step a call of a registered tool."""
+    observed: list[Result] = []
+    for seq in range(1, STEPS + 1):
+        key = ctx.idempotency_key
+        try:
+            result: Result = await ctx.tool(tool_for(seq), delay=delay)
+        except StepFailed as exc:
+            _observe(ctx.run_id, seq, ctx.attempt, key, None, exc.message)
+            raise
+        _observe(ctx.run_id, seq, ctx.attempt, key, result, None)
+        observed.append(result)
+    return {"observed": observed}
+
+
+AGENTS = ("chaos_async", "chaos_sync", "chaos_restart", "chaos_tools")
 RESTARTING = frozenset({"chaos_restart"})
 """The agents with a restart policy."""
 
@@ -205,6 +237,12 @@ def build_app(database_url: str | None = None) -> nonstop.App:
     built.agent(retry=RUN_RETRY)(chaos_async)
     built.agent(retry=RUN_RETRY)(chaos_sync)
     built.agent(retry=RUN_RETRY, restart=RESTART)(chaos_restart)
+    built.tool(name="effect_once")(effect)
+    built.tool(name="effect_parked", retry=PARKED_RETRY)(effect_async)
+    built.tool(name="effect_rated", retry=IN_MEMORY_RETRY, rate=TOOL_RATE)(effect_async)
+    built.agent(retry=RUN_RETRY, tools=["effect_once", "effect_parked", "effect_rated"])(
+        chaos_tools
+    )
     return built
 
 

@@ -2,8 +2,9 @@
 minutes while it is SIGKILLed at random and restarted, and a tenth of step executions fail.
 
 The workload (`chaos_app.py`): runs of ten steps under async and sync handlers, one agent
-with a restart policy; most steps retry, some park between tries, some are tried once, and
-each run is retried once; so some runs end `dead`. A tenth of the runs are waiting when the
+with a restart policy, one whose steps are registered tools (most of them under a shared
+rate limit, so calls queue for tokens); most steps retry, some park between tries, some
+are tried once, and each run is retried once; so some runs end `dead`. A tenth of the runs are waiting when the
 first node starts, the rest are started at a steady pace by an App in this process during
 the first nine tenths of the chaos. Meanwhile the node is SIGKILLed at random intervals
 (seeded by `NONSTOP_E2E_SEED`, so a failure names its seed) and started again at once.
@@ -311,7 +312,7 @@ def check_run(
     tried_tokens: dict[str, set[str]],
 ) -> None:
     """One run: its status, error or output, step records, tries and attempts."""
-    run_id, _, status, output, error, attempt, owner = run
+    run_id, agent, status, output, error, attempt, owner = run
     report.statuses[status] += 1
     if owner is not None:
         report.add(f"{run_id}: {status} but still leased to {owner}")
@@ -322,7 +323,7 @@ def check_run(
     for _, seq, name, step_status, payload, _, _ in records:
         key = f"{run_id}:{seq}"
         value = json.loads(payload)
-        if name != "effect":
+        if name != chaos_app.step_name(agent, seq):
             report.add(f"{run_id}: step {seq} is named {name!r}")
         if step_status == "completed":
             if value.get("key") != key:
