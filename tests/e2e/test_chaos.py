@@ -4,12 +4,13 @@ minutes while it is SIGKILLed at random and restarted, and a tenth of step execu
 The workload (`chaos_app.py`): runs of ten steps under async and sync handlers, one agent
 with a restart policy, one whose steps are registered tools (most of them under a shared
 rate limit, so calls queue for tokens); most steps retry, some park between tries, some
-are tried once, and each run is retried once; so some runs end `dead`. A tenth of the runs are waiting when the
-first node starts, the rest are started at a steady pace by an App in this process during
-the first nine tenths of the chaos. Meanwhile the node is SIGKILLed at random intervals
-(seeded by `NONSTOP_E2E_SEED`, so a failure names its seed) and started again at once.
-Then the kills stop, the last node finishes the runs and stops gracefully, and the test
-reads the database (through a read-only sqlite3 connection) and the app's files:
+are tried once, and each run is retried once; so some runs end `dead`. A tenth of the
+runs are waiting when the first node starts, the rest are started at a steady pace by an
+App in this process during the first nine tenths of the chaos. Meanwhile the node is
+SIGKILLed at random intervals (seeded by `NONSTOP_E2E_SEED`, so a failure names its seed)
+and started again at once. Then the kills stop, the last node finishes the runs and stops
+gracefully, and the test reads the database (through a read-only sqlite3 connection) and
+the app's files:
 
 - every run is `completed` or `dead`, and every dead run carries the error that ended it;
 - every run's step records are numbered 1..n without gaps or duplicates; a completed run
