@@ -29,7 +29,7 @@ from nonstop.policies.breaker import BreakerState
 from nonstop.scheduler import fire_id
 from nonstop.store import Store, open_store, resolve_url
 from nonstop.store.base import NodeInfo
-from nonstop.views import load_detail, run_dict, why
+from nonstop.views import PAUSED_BY_REQUEST, load_detail, run_dict, why
 
 T = TypeVar("T")
 
@@ -376,6 +376,23 @@ def cancel(
     """Cancel a run: at once if nobody executes it, else at its next step boundary."""
     _, url = _resolve(app_spec, db, need_app=False)
     found = _with_store(url, lambda s: s.request_cancel(run_id, time.time()))
+    if as_json:
+        _print_json(run_dict(found, time.time()))
+    else:
+        _out.print(f"{found.id}  {found.status}  {why(found, time.time())}")
+
+
+@cli.command()
+def pause(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    app_spec: AppOption = None,
+    db: DbOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Pause a run: at once if nobody executes it, else at its next step boundary;
+    `nonstop resume` continues it."""
+    _, url = _resolve(app_spec, db, need_app=False)
+    found = _with_store(url, lambda s: s.request_pause(run_id, PAUSED_BY_REQUEST, time.time()))
     if as_json:
         _print_json(run_dict(found, time.time()))
     else:

@@ -41,6 +41,7 @@ from nonstop.models import (
     RunStatus,
     StepRecord,
     StepStatus,
+    Stop,
     checksum,
     completed_step,
 )
@@ -57,6 +58,9 @@ if TYPE_CHECKING:
     from nonstop.store.base import NewRun, Store
 
 T = TypeVar("T")
+
+_STOP_RANK = {Stop.NONE: 0, Stop.PAUSE: 1, Stop.CANCEL: 2}
+"""Which request wins when two arrive: a cancel overrides a pause."""
 
 INLINE_RETRY_WAIT = 1.0
 """Retry waits up to this many seconds keep the run in memory; longer ones park it durably.
@@ -93,6 +97,7 @@ class Interrupt(BaseException):
     ABANDONED = "abandoned"
     TIMEOUT = "timeout"
     SHUTDOWN = "shutdown"
+    PAUSE = "pause requested"
     LEASE_LOST = "lease lost"
     RESTART = "restart"
     SETTLED = "settled by its child process"
@@ -171,7 +176,7 @@ class Context:
         self._beat_written = time.time()  # the claim itself recorded a heartbeat
         self.last_beat = time.monotonic()  # progress seen: a step completed, a heartbeat
         self.fatal: BaseException | None = None  # replay error the handler must not swallow
-        self.cancel_requested = run.cancel_requested
+        self.stop = run.stop_requested  # what an operator asked: see `request_stop`
         self.abandoned = False
         self._compensations: list[tuple[str, Callable[[Any], Any], Any]] = []
         self._compensating = False
@@ -220,12 +225,22 @@ class Context:
             # around `except Exception` would otherwise spin without ever yielding)
             raise Interrupt(Interrupt.ABANDONED)
 
+    @property
+    def cancel_requested(self) -> bool:
+        return self.stop == Stop.CANCEL
+
+    def request_stop(self, stop: Stop) -> None:
+        """Note an operator's request (a cancel overrides a pause, never the reverse)."""
+        self.stop = max(self.stop, stop, key=_STOP_RANK.__getitem__)
+
     def _check_cancel(self) -> None:
-        """Stop before doing new work for a cancelled run. Not checked while replaying
-        recorded steps: the replay must reach every completed step so that a saga knows
-        all it has to undo."""
-        if self.cancel_requested:
+        """Stop before doing new work for a run asked to cancel or pause: the next step
+        boundary. Not checked while replaying recorded steps: the replay must reach every
+        completed step so that a saga knows all it has to undo."""
+        if self.stop == Stop.CANCEL:
             raise Interrupt(Interrupt.CANCELLED)
+        if self.stop == Stop.PAUSE:
+            raise Interrupt(Interrupt.PAUSE)
 
     def _recorded(self, seq: int, name: str) -> StepRecord | None:
         record = self._history.steps.get(seq)
@@ -522,8 +537,9 @@ class Context:
         beat = record.finished_at - self._beat_written >= BEAT_EVERY
         if beat:
             self._beat_written = record.finished_at
-        if await self._durably(self._store.record_step(self._owner, record, beat=beat)):
-            self.cancel_requested = True
+        self.request_stop(
+            await self._durably(self._store.record_step(self._owner, record, beat=beat))
+        )
 
     async def _durably(self, write: Awaitable[T]) -> T:
         """Await a store write; if the store cannot take it, stop the handler.
@@ -796,9 +812,8 @@ class Context:
         encode(fields, "heartbeat fields")
         self.last_beat = time.monotonic()
         beat = self._store.heartbeat(self._owner, self.run_id, status, fields, time.time())
-        if await self._durably(beat):
-            self.cancel_requested = True
-            raise Interrupt(Interrupt.CANCELLED)
+        self.request_stop(await self._durably(beat))
+        self._check_cancel()  # between steps: a boundary
 
 
 class ReplayAwareLogger:

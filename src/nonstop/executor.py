@@ -40,7 +40,7 @@ from nonstop.errors import (
     ToolDenied,
 )
 from nonstop.isolation import drain_children, memory_limits, run_in_child
-from nonstop.models import Incident, RunStatus
+from nonstop.models import Incident, RunStatus, Stop
 from nonstop.observe.alerts import Alerts
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
@@ -54,6 +54,7 @@ from nonstop.store.base import (
     Store,
     wake_on_work,
 )
+from nonstop.views import PAUSED_BY_REQUEST
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App
@@ -353,11 +354,14 @@ class Executor:
         while True:
             await asyncio.sleep(self.lease_ttl / 3)
             try:
-                cancel = await self.store.renew_leases(
+                requests = await self.store.renew_leases(
                     self.owner, now=time.time(), lease_ttl=self.lease_ttl
                 )
-                for run_id in cancel:
-                    self._stop_run(run_id, Interrupt.CANCELLED)
+                for run_id, stop in requests.items():
+                    if stop == Stop.CANCEL:
+                        self._stop_run(run_id, Interrupt.CANCELLED)  # now, mid-step too
+                    elif (active := self._active.get(run_id)) is not None:
+                        active.ctx.request_stop(stop)  # a pause waits for the step boundary
                 await self._recover_orphans()
                 await self._refresh_routing()
             except Exception as exc:
@@ -592,6 +596,17 @@ class Executor:
                 return
             if failure.why == Interrupt.RESTART:
                 await self._restart(agent, run_id, "missed heartbeats")
+                return
+            if failure.why == Interrupt.PAUSE:
+                await self.store.park_run(
+                    self.owner,
+                    run_id,
+                    status=RunStatus.PAUSED,
+                    wake_at=None,
+                    reason=PAUSED_BY_REQUEST,
+                    now=now,
+                )
+                log.info("run_paused", agent=name, run_id=run_id, reason="requested")
                 return
             if failure.why != Interrupt.TIMEOUT:
                 # shutdown, lost lease, store down: the run rests on its checkpoints until

@@ -31,6 +31,14 @@ class RunStatus(enum.StrEnum):
 _FINISHED = frozenset({RunStatus.COMPLETED, RunStatus.DEAD, RunStatus.CANCELLED})
 
 
+class Stop(enum.IntEnum):
+    """What an operator asked of a running run; the node executing it acts on it."""
+
+    NONE = 0
+    CANCEL = 1  # stop now (an in-flight step is abandoned); compensations run
+    PAUSE = 2  # park as `paused` at the next step boundary; `resume` continues it
+
+
 class StepStatus(enum.StrEnum):
     COMPLETED = "completed"  # result recorded
     FAILED = "failed"  # final error recorded (retries of the step exhausted)
@@ -53,13 +61,21 @@ class Run:
     lease_expires: float | None = None
     started_at: float | None = None
     finished_at: float | None = None
-    cancel_requested: bool = False
+    stop_requested: Stop = Stop.NONE
     heartbeat_at: float | None = None
     heartbeat: dict[str, JSON] | None = None
     app_version: str | None = None
     parent_id: str | None = None
     priority: int = 0
     scheduled_at: float | None = None  # for scheduled runs: the time it was due to fire
+
+    @property
+    def cancel_requested(self) -> bool:
+        return self.stop_requested == Stop.CANCEL
+
+    @property
+    def pause_requested(self) -> bool:
+        return self.stop_requested == Stop.PAUSE
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,10 +11,14 @@ from typing import TYPE_CHECKING, Any
 
 from nonstop.context import iso
 from nonstop.errors import RunNotFound
-from nonstop.models import Attempt, Incident, Run, RunStatus, StepRecord, StepStatus
+from nonstop.models import Attempt, Incident, Run, RunStatus, StepRecord, StepStatus, Stop
 
 if TYPE_CHECKING:
     from nonstop.store.base import Store
+
+
+PAUSED_BY_REQUEST = "paused on request; `nonstop resume` continues it"
+"""The reason of a run an operator paused (`nonstop pause`, `POST /api/runs/{id}/pause`)."""
 
 
 def _when(ts: float | None) -> str | None:
@@ -39,8 +43,8 @@ def why(run: Run, now: float) -> str:
                 f" {_when(run.lease_expires)}"
             )
         beat = _when(run.heartbeat_at or run.started_at)
-        cancel = "; cancel requested" if run.cancel_requested else ""
-        return f"running on node {node} (last heartbeat {beat}){cancel}"
+        asked = {Stop.CANCEL: "; cancel requested", Stop.PAUSE: "; pause requested"}
+        return f"running on node {node} (last heartbeat {beat}){asked.get(run.stop_requested, '')}"
     if status == RunStatus.PENDING:
         if run.wake_at is not None and run.wake_at > now:
             return f"pending until {_when(run.wake_at)}"

@@ -420,6 +420,24 @@ def test_cancel_a_finished_run_leaves_it_as_it_is(harness: Harness) -> None:
     assert harness.snapshot()["runs"] == before["runs"]
 
 
+def test_pause_a_pending_run_then_resume_it(harness: Harness) -> None:
+    harness.start("greet", "to-pause", {"name": "x"})
+    response = harness.client.post("/api/runs/to-pause/pause")
+    assert response.status_code == 200
+    assert response.json()["status"] == "paused"
+    assert "nonstop resume" in response.json()["why"]
+    assert harness.client.post("/api/runs/to-pause/pause").json()["status"] == "paused"
+    resumed = harness.client.post("/api/runs/to-pause/resume")
+    assert resumed.status_code == 200 and resumed.json()["status"] == "pending"
+    with harness.worker():
+        harness.wait_status("to-pause", *FINISHED)
+    assert harness.run("to-pause")["status"] == "completed"
+    before = harness.snapshot()
+    message = assert_error(harness.client.post("/api/runs/to-pause/pause"), 409)
+    assert "nothing to pause" in message
+    assert harness.snapshot() == before
+
+
 def test_resume_a_finished_run_is_409(harness: Harness) -> None:
     harness.start("greet", "not-paused", {"name": "x"})
     assert harness.client.post("/api/runs/not-paused/cancel").json()["status"] == "cancelled"
@@ -714,6 +732,7 @@ BAD_REQUESTS: list[tuple[str, str, str, int]] = [
     ("get unknown run with slash", "GET", "/api/runs/no/such/run", 404),
     ("cancel unknown run", "POST", "/api/runs/nope/cancel", 404),
     ("resume unknown run", "POST", "/api/runs/nope/resume", 404),
+    ("pause unknown run", "POST", "/api/runs/nope/pause", 404),
     ("replay unknown run", "POST", "/api/dlq/nope/replay", 404),
     ("bad status filter", "GET", "/api/runs?status=bogus", 400),
     ("status filter in capitals", "GET", "/api/runs?status=PENDING", 400),

@@ -107,6 +107,7 @@ BAD_INPUT = [
     (["run", "echo", "--app", "tests/cli/cli_app.py:nothing"], "is not a nonstop.App"),
     (["show", "nope"], "no run with id 'nope'"),
     (["cancel", "nope"], "no run with id 'nope'"),
+    (["pause", "nope"], "no run with id 'nope'"),
     (["resume", "nope"], "no run with id 'nope'"),
     (["dlq", "replay", "nope"], "no run with id 'nope'"),
     (["dlq", "replay"], "give one RUN_ID or --all"),
@@ -208,6 +209,10 @@ def test_the_whole_life_of_runs_through_the_cli(serving: tuple[str, Path]) -> No
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert cli_json("show", "s1", "--db", url)["why"].startswith("sleeping until")
+    paused = cli_json("pause", "s1", "--db", url)
+    assert paused["status"] == "paused" and "nonstop resume" in paused["why"]
+    finished = cli("pause", done["run_id"], "--db", url)  # nothing to pause: one line, exit 1
+    assert finished.returncode == 1 and "nothing to pause" in finished.stderr
     cancelled = cli_json("cancel", sleepy["run_id"], "--db", url)
     assert cancelled["status"] == "cancelled"
     statuses = {r["run_id"]: r["status"] for r in cli_json("runs", "--db", url, "--limit", "0")}

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from nonstop.errors import RunNotFound, StoreError
-from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus, checksum
+from nonstop.errors import InvalidState, RunNotFound, StoreError
+from nonstop.models import Attempt, Incident, RunStatus, StepRecord, StepStatus, Stop, checksum
 from nonstop.policies.breaker import BreakerState
 from nonstop.policies.ratelimit import Rate
 from nonstop.store import LeaseLost, NewRun, Store
@@ -159,7 +159,7 @@ def test_steps_are_recorded_once_and_only_by_the_lease_holder(
         await claim_one(store)
         with pytest.raises(LeaseLost):
             await store.record_step("intruder", record("r1", 1))
-        assert await store.record_step("n1", record("r1", 1)) is False
+        assert await store.record_step("n1", record("r1", 1)) == Stop.NONE
         with pytest.raises(StoreError, match="already recorded"):
             await store.record_step("n1", record("r1", 1))
         history = await store.load_history("r1")
@@ -167,7 +167,7 @@ def test_steps_are_recorded_once_and_only_by_the_lease_holder(
         run = await store.get_run("r1")
         assert run is not None and run.heartbeat_at == T0 + 0.5  # a step counts as a beat
         quiet = replace(record("r1", 2), finished_at=T0 + 9)
-        assert await store.record_step("n1", quiet, beat=False) is False
+        assert await store.record_step("n1", quiet, beat=False) == Stop.NONE
         run = await store.get_run("r1")
         assert run is not None and run.heartbeat_at == T0 + 0.5  # recorded, no beat written
         assert list((await store.load_history("r1")).steps) == [1, 2]
@@ -243,7 +243,7 @@ def test_finish_and_heartbeat(store: Store, runner: asyncio.Runner) -> None:
     async def go() -> None:
         await store.create_run(new("r1"), T0)
         await claim_one(store)
-        assert await store.heartbeat("n1", "r1", "busy", {"items": 3}, T0 + 1) is False
+        assert await store.heartbeat("n1", "r1", "busy", {"items": 3}, T0 + 1) == Stop.NONE
         run = await store.get_run("r1")
         assert run is not None and run.heartbeat == {"status": "busy", "items": 3}
         with pytest.raises(LeaseLost):
@@ -275,13 +275,49 @@ def test_cancel_idle_at_once_and_running_by_flag(store: Store, runner: asyncio.R
         assert idle.status == RunStatus.CANCELLED
         busy = await store.request_cancel("busy", T0 + 2)
         assert busy.status == RunStatus.RUNNING and busy.cancel_requested
-        assert await store.record_step("n1", record("busy", 1)) is True
-        assert await store.renew_leases("n1", now=T0 + 3, lease_ttl=30) == {"busy"}
+        assert await store.record_step("n1", record("busy", 1)) == Stop.CANCEL
+        assert await store.renew_leases("n1", now=T0 + 3, lease_ttl=30) == {"busy": Stop.CANCEL}
         await store.finish_run("n1", "busy", status=RunStatus.CANCELLED, now=T0 + 4)
         done = await store.request_cancel("busy", T0 + 5)
         assert done.status == RunStatus.CANCELLED and not done.cancel_requested
         with pytest.raises(RunNotFound):
             await store.request_cancel("nope", T0)
+
+    runner.run(go())
+
+
+def test_pause_idle_at_once_and_running_by_flag_then_resume(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        await store.create_run(new("idle"), T0 + 1)
+        await store.create_run(new("busy"), T0)
+        await claim_one(store)
+        idle = await store.request_pause("idle", "paused by test", T0 + 2)
+        assert (idle.status, idle.wait_reason) == (RunStatus.PAUSED, "paused by test")
+        assert await store.claim_runs("n1", agents=AGENTS, limit=9, now=T0 + 9, lease_ttl=30) == []
+        busy = await store.request_pause("busy", "paused by test", T0 + 2)
+        assert busy.status == RunStatus.RUNNING and busy.pause_requested
+        assert await store.record_step("n1", record("busy", 1)) == Stop.PAUSE
+        assert await store.heartbeat("n1", "busy", "ok", {}, T0 + 3) == Stop.PAUSE
+        assert await store.renew_leases("n1", now=T0 + 3, lease_ttl=30) == {"busy": Stop.PAUSE}
+        # a cancel overrides a pause; a pause never overrides a cancel
+        assert (await store.request_cancel("busy", T0 + 4)).cancel_requested
+        assert (await store.request_pause("busy", "again", T0 + 4)).cancel_requested
+        await store.park_run(
+            "n1", "busy", status=RunStatus.PAUSED, wake_at=None, reason="parked", now=T0 + 5
+        )
+        parked = await store.get_run("busy")
+        assert parked is not None and parked.stop_requested == Stop.NONE  # the request is done
+        resumed = await store.resume_run("idle", T0 + 6)
+        assert resumed.status == RunStatus.PENDING
+        (claimed,) = await store.claim_runs("n1", agents=AGENTS, limit=9, now=T0 + 7, lease_ttl=30)
+        assert claimed.run.id == "idle" and claimed.run.stop_requested == Stop.NONE
+        await store.finish_run("n1", "idle", status=RunStatus.COMPLETED, now=T0 + 8)
+        with pytest.raises(InvalidState):
+            await store.request_pause("idle", "too late", T0 + 9)
+        with pytest.raises(RunNotFound):
+            await store.request_pause("nope", "who", T0)
 
     runner.run(go())
 

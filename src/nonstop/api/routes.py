@@ -32,7 +32,7 @@ from nonstop.errors import (
     UnknownAgent,
 )
 from nonstop.models import RunStatus
-from nonstop.views import load_detail, run_dict
+from nonstop.views import PAUSED_BY_REQUEST, load_detail, run_dict
 
 _OPEN_PATHS = ("/healthz/", "/openapi.json")
 _MAX_LIMIT = 100_000
@@ -135,6 +135,12 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
 
     async def cancel_run(request: Request) -> Response:
         run = await store.request_cancel(request.path_params["run_id"], time.time())
+        return JSONResponse(run_dict(run, time.time()))
+
+    async def pause_run(request: Request) -> Response:
+        run = await store.request_pause(
+            request.path_params["run_id"], PAUSED_BY_REQUEST, time.time()
+        )
         return JSONResponse(run_dict(run, time.time()))
 
     async def resume_run(request: Request) -> Response:
@@ -250,6 +256,7 @@ def create_api(runtime: Runtime, state: NodeState, token: str | None = None) -> 
         Route("/api/runs", start_run, methods=["POST"]),
         Route("/api/runs", list_runs, methods=["GET"]),
         Route("/api/runs/{run_id:path}/cancel", cancel_run, methods=["POST"]),
+        Route("/api/runs/{run_id:path}/pause", pause_run, methods=["POST"]),
         Route("/api/runs/{run_id:path}/resume", resume_run, methods=["POST"]),
         Route("/api/runs/{run_id:path}/signal/{name}", signal_run, methods=["POST"]),
         Route("/api/events/{topic}", emit_event, methods=["POST"]),
@@ -357,6 +364,9 @@ OPENAPI: dict[str, Any] = {
         },
         "/api/runs/{run_id}": {"get": _op("A run with its steps", "200", _RUN, params=[_RUN_ID])},
         "/api/runs/{run_id}/cancel": {"post": _op("Cancel a run", "200", _RUN, params=[_RUN_ID])},
+        "/api/runs/{run_id}/pause": {
+            "post": _op("Pause a run at its next step boundary", "200", _RUN, params=[_RUN_ID])
+        },
         "/api/runs/{run_id}/resume": {
             "post": _op("Resume a paused run", "200", _RUN, params=[_RUN_ID])
         },

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from nonstop.models import JSON, Attempt, Event, Run, RunStatus, StepRecord, StepStatus
+from nonstop.models import JSON, Attempt, Event, Run, RunStatus, StepRecord, StepStatus, Stop
 
 if TYPE_CHECKING:
     from nonstop.store.base import NewRun
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 RUN_FIELDS = (
     "id", "agent", "status", "input", "output", "error", "attempt", "priority",
     "app_version", "parent_id", "wake_at", "wait_reason", "lease_owner", "lease_expires",
-    "cancel_requested", "heartbeat_at", "heartbeat", "created_at", "updated_at",
+    "stop_requested", "heartbeat_at", "heartbeat", "created_at", "updated_at",
     "started_at", "finished_at", "scheduled_at",
 )  # fmt: skip
 STEP_FIELDS = (
@@ -54,7 +54,7 @@ def run_from_row(row: Row) -> Run:
         wait_reason=row[11],
         lease_owner=row[12],
         lease_expires=row[13],
-        cancel_requested=bool(row[14]),
+        stop_requested=Stop(int(row[14])),
         heartbeat_at=row[15],
         heartbeat=_loads(row[16]),
         created_at=row[17],

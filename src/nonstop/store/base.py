@@ -29,6 +29,7 @@ from nonstop.models import (
     RunStatus,
     ScheduleState,
     StepRecord,
+    Stop,
 )
 from nonstop.policies.breaker import BreakerState
 from nonstop.policies.ratelimit import Rate
@@ -186,8 +187,9 @@ class Store(Protocol):
         records its version. `limits` hold across all claimers; runs they hold back stay
         pending and say why."""
 
-    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
-        """Extend every lease `owner` holds; return the ids of its runs asked to cancel."""
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> dict[str, Stop]:
+        """Extend every lease `owner` holds; return its runs that were asked to cancel or
+        pause, with the request."""
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         """Expire the live leases of `owners` (known dead): their runs become due before any
@@ -204,8 +206,8 @@ class Store(Protocol):
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
-        """Commit a step's outcome; return whether the run was asked to cancel.
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> Stop:
+        """Commit a step's outcome; return what the run was asked (cancel, pause or none).
 
         The record is written at most once per `(run_id, seq)`. With `beat`, the run's
         heartbeat time is set to the step's end (callers beat at most every second or so:
@@ -217,8 +219,8 @@ class Store(Protocol):
 
     async def heartbeat(
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
-    ) -> bool:
-        """Record a heartbeat from inside the run; return whether it was asked to cancel."""
+    ) -> Stop:
+        """Record a heartbeat from inside the run; return what it was asked (see Stop)."""
 
     async def park_run(
         self,
@@ -270,6 +272,12 @@ class Store(Protocol):
     async def request_cancel(self, run_id: str, now: float) -> Run:
         """Cancel a run. A run nobody executes is cancelled at once; a running one is flagged
         and its owner stops it. Finished runs are returned unchanged. Raises RunNotFound."""
+
+    async def request_pause(self, run_id: str, reason: str, now: float) -> Run:
+        """Pause a run. A run nobody executes (pending, sleeping, waiting) is `paused` at
+        once with `reason`; a running one is flagged (unless a cancel is asked already) and
+        its owner parks it at its next step boundary. A paused run is returned unchanged.
+        Raises RunNotFound, or InvalidState (changing nothing) for a finished run."""
 
     async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
         """Put a dead run (or, with None, every dead run) back to `pending` as a new attempt,

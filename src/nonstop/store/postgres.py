@@ -29,6 +29,7 @@ from nonstop.models import (
     RunStatus,
     ScheduleState,
     StepRecord,
+    Stop,
     completed_step,
 )
 from nonstop.observe.logging import get_logger
@@ -157,7 +158,7 @@ SELECT_ALL_ATTEMPTS = (
 )
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = %s, due_at = %s WHERE lease_owner = %s"
-    " AND status = 'running' RETURNING id, cancel_requested"
+    " AND status = 'running' RETURNING id, stop_requested"
 )
 # due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
@@ -175,15 +176,15 @@ SELECT_NEXT_DUE = "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL AND age
 _RECORD_STEP = (
     f" recorded AS (INSERT INTO steps ({', '.join(STEP_FIELDS)})"
     f" SELECT {_STEP_PARAMS} FROM lease RETURNING 1)"
-    " SELECT cancel_requested, (SELECT count(*) FROM recorded) FROM lease"
+    " SELECT stop_requested, (SELECT count(*) FROM recorded) FROM lease"
 )
 RECORD_STEP_AND_BEAT = (
     "WITH lease AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running' RETURNING cancel_requested)," + _RECORD_STEP
+    " AND status = 'running' RETURNING stop_requested)," + _RECORD_STEP
 )
 # Without a beat the run's row is only read (no new row version for PostgreSQL to vacuum).
 RECORD_STEP = (
-    "WITH lease AS (SELECT cancel_requested FROM runs WHERE %s::float8 IS NOT NULL"
+    "WITH lease AS (SELECT stop_requested FROM runs WHERE %s::float8 IS NOT NULL"
     " AND id = %s AND lease_owner = %s AND status = 'running' FOR SHARE)," + _RECORD_STEP
 )
 RECORD_ATTEMPT = (
@@ -196,7 +197,7 @@ RECORD_ATTEMPT = (
 INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({_STEP_PARAMS})"
 HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = %s, heartbeat = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running' RETURNING cancel_requested"
+    " AND status = 'running' RETURNING stop_requested"
 )
 PARK_RUN = (
     "UPDATE runs SET status = %(status)s, lease_owner = NULL, lease_expires = NULL,"
@@ -205,7 +206,8 @@ PARK_RUN = (
     " OR (SELECT count(*) FROM runs c WHERE c.parent_id = %(id)s"
     "   AND c.finished_at IS NOT NULL) > %(seen)s"
     " THEN %(now)s ELSE %(wake_at)s END,"
-    " wake_at = %(wake_at)s, wait_reason = %(reason)s, updated_at = %(now)s"
+    " wake_at = %(wake_at)s, wait_reason = %(reason)s, updated_at = %(now)s,"
+    " stop_requested = CASE WHEN %(status)s = 'paused' THEN 0 ELSE stop_requested END"
     " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running'"
 )
 WAKE_PARENT = (
@@ -246,7 +248,7 @@ DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ANY(%s) AND status = 'fail
 FINISH_RUN = (
     "UPDATE runs SET status = %s, output = %s, error = %s, lease_owner = NULL,"
     " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
-    " cancel_requested = false, updated_at = %s, finished_at = %s"
+    " stop_requested = 0, updated_at = %s, finished_at = %s"
     " WHERE id = %s AND lease_owner = %s AND status = 'running'"
 )
 CANCEL_IDLE_RUN = (
@@ -255,7 +257,15 @@ CANCEL_IDLE_RUN = (
     " ('pending', 'sleeping', 'waiting', 'paused')"
 )
 FLAG_CANCEL = (
-    "UPDATE runs SET cancel_requested = true, updated_at = %s WHERE id = %s AND status = 'running'"
+    "UPDATE runs SET stop_requested = 1, updated_at = %s WHERE id = %s AND status = 'running'"
+)
+PAUSE_IDLE_RUN = (
+    "UPDATE runs SET status = 'paused', due_at = NULL, wait_reason = %s, updated_at = %s"
+    " WHERE id = %s AND status IN ('pending', 'sleeping', 'waiting')"
+)
+FLAG_PAUSE = (
+    "UPDATE runs SET stop_requested = 2, updated_at = %s"
+    " WHERE id = %s AND status = 'running' AND stop_requested = 0"
 )
 REPLAY_DEAD = (
     "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = %s, error = NULL,"
@@ -265,7 +275,7 @@ REPLAY_DEAD = (
 )
 RESUME_RUN = (
     "UPDATE runs SET status = 'pending', due_at = %s, wait_reason = 'resumed',"
-    " updated_at = %s WHERE id = %s AND status = 'paused'"
+    " updated_at = %s, stop_requested = 0 WHERE id = %s AND status = 'paused'"
 )
 INSERT_INCIDENT = (
     "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (%s, %s, %s, %s, %s)"
@@ -510,11 +520,11 @@ class PostgresStore:
             for run, recovered, previous in runs
         ]
 
-    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> dict[str, Stop]:
         expires = now + lease_ttl
         async with self._tx(single=True) as conn:
             rows = await (await conn.execute(RENEW_LEASES, (expires, expires, owner))).fetchall()
-        return {run_id for run_id, cancel in rows if cancel}
+        return {run_id: Stop(code) for run_id, code in rows if code}
 
     async def expire_leases(self, owners: Sequence[str], now: float) -> int:
         async with self._tx() as conn:
@@ -542,14 +552,14 @@ class PostgresStore:
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> Stop:
         params = (record.finished_at, record.run_id, owner, *step_values(record))
         statement = RECORD_STEP_AND_BEAT if beat else RECORD_STEP
         async with self._tx(single=True) as conn:
             row = await (await conn.execute(statement, params)).fetchone()
         if row is None:
             raise LeaseLost(f"run {record.run_id} is not held by {owner}")
-        return bool(row[0])
+        return Stop(row[0])
 
     async def record_attempt(self, owner: str, attempt: Attempt) -> None:
         params = (attempt.run_id, owner, *attempt_values(attempt))
@@ -560,13 +570,13 @@ class PostgresStore:
 
     async def heartbeat(
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
-    ) -> bool:
+    ) -> Stop:
         beat = dumps({"status": status, **fields})
         async with self._tx(single=True) as conn:
             row = await (await conn.execute(HEARTBEAT, (now, beat, run_id, owner))).fetchone()
         if row is None:
             raise LeaseLost(f"run {run_id} is not held by {owner}")
-        return bool(row[0])
+        return Stop(row[0])
 
     async def park_run(
         self,
@@ -654,6 +664,19 @@ class PostgresStore:
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")
         return run_from_row(row)
+
+    async def request_pause(self, run_id: str, reason: str, now: float) -> Run:
+        async with self._tx() as conn:
+            cursor = await conn.execute(PAUSE_IDLE_RUN, (reason, now, run_id))
+            if cursor.rowcount == 0:
+                await conn.execute(FLAG_PAUSE, (now, run_id))
+            row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
+        if row is None:
+            raise RunNotFound(f"no run with id {run_id!r}")
+        run = run_from_row(row)
+        if run.status.finished:
+            raise InvalidState(f"run {run_id} is {run.status}: there is nothing to pause")
+        return run
 
     async def replay_dead(self, run_id: str | None, now: float) -> list[Run]:
         async with self._tx() as conn:

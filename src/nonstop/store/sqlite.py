@@ -32,6 +32,7 @@ from nonstop.models import (
     RunStatus,
     ScheduleState,
     StepRecord,
+    Stop,
     completed_step,
 )
 from nonstop.policies.breaker import BreakerState
@@ -129,7 +130,7 @@ SELECT_ALL_ATTEMPTS = (
 )
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
-    " RETURNING id, cancel_requested"
+    " RETURNING id, stop_requested"
 )
 # due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
@@ -149,10 +150,10 @@ SELECT_NEXT_DUE = (
 )
 CHECK_LEASE_AND_BEAT = (
     "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
-    " RETURNING cancel_requested"
+    " RETURNING stop_requested"
 )
 CHECK_LEASE = (
-    "SELECT cancel_requested FROM runs WHERE id = ? AND lease_owner = ? AND status = 'running'"
+    "SELECT stop_requested FROM runs WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({', '.join('?' * 9)})"
 INSERT_ATTEMPT = (
@@ -160,7 +161,7 @@ INSERT_ATTEMPT = (
 )
 HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = ?, heartbeat = ? WHERE id = ? AND lease_owner = ?"
-    " AND status = 'running' RETURNING cancel_requested"
+    " AND status = 'running' RETURNING stop_requested"
 )
 PARK_RUN = (
     "UPDATE runs SET status = :status, lease_owner = NULL, lease_expires = NULL,"
@@ -169,7 +170,8 @@ PARK_RUN = (
     " OR (SELECT count(*) FROM runs c WHERE c.parent_id = :id AND c.finished_at IS NOT NULL)"
     "   > :seen"
     " THEN :now ELSE :wake_at END,"
-    " wake_at = :wake_at, wait_reason = :reason, updated_at = :now"
+    " wake_at = :wake_at, wait_reason = :reason, updated_at = :now,"
+    " stop_requested = CASE WHEN :status = 'paused' THEN 0 ELSE stop_requested END"
     " WHERE id = :id AND lease_owner = :owner AND status = 'running'"
 )
 WAKE_PARENT = (
@@ -211,7 +213,7 @@ DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ? AND status = 'failed'"
 FINISH_RUN = (
     "UPDATE runs SET status = ?, output = ?, error = ?, lease_owner = NULL,"
     " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
-    " cancel_requested = 0, updated_at = ?, finished_at = ?"
+    " stop_requested = 0, updated_at = ?, finished_at = ?"
     " WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 CANCEL_IDLE_RUN = (
@@ -220,7 +222,15 @@ CANCEL_IDLE_RUN = (
     " ('pending', 'sleeping', 'waiting', 'paused')"
 )
 FLAG_CANCEL = (
-    "UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
+    "UPDATE runs SET stop_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
+)
+PAUSE_IDLE_RUN = (
+    "UPDATE runs SET status = 'paused', due_at = NULL, wait_reason = ?, updated_at = ?"
+    " WHERE id = ? AND status IN ('pending', 'sleeping', 'waiting')"
+)
+FLAG_PAUSE = (
+    "UPDATE runs SET stop_requested = 2, updated_at = ?"
+    " WHERE id = ? AND status = 'running' AND stop_requested = 0"
 )
 REPLAY_DEAD = (
     "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = ?, error = NULL,"
@@ -232,8 +242,8 @@ DROP_FAILED_STEPS_OF_REPLAYED = (
     "DELETE FROM steps WHERE status = 'failed' AND run_id IN (SELECT value FROM json_each(?))"
 )
 RESUME_RUN = (
-    "UPDATE runs SET status = 'pending', due_at = ?, wait_reason = 'resumed', updated_at = ?"
-    " WHERE id = ? AND status = 'paused'"
+    "UPDATE runs SET status = 'pending', due_at = ?, wait_reason = 'resumed', updated_at = ?,"
+    " stop_requested = 0 WHERE id = ? AND status = 'paused'"
 )
 INSERT_INCIDENT = "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (?, ?, ?, ?, ?)"
 SELECT_INCIDENTS = (
@@ -494,12 +504,12 @@ class SQLiteStore:
 
         return await self._write.submit(op)
 
-    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> set[str]:
+    async def renew_leases(self, owner: str, *, now: float, lease_ttl: float) -> dict[str, Stop]:
         expires = now + lease_ttl
 
-        def op(conn: sqlite3.Connection) -> set[str]:
+        def op(conn: sqlite3.Connection) -> dict[str, Stop]:
             rows = conn.execute(RENEW_LEASES, (expires, expires, owner)).fetchall()
-            return {run_id for run_id, cancel in rows if cancel}
+            return {run_id: Stop(code) for run_id, code in rows if code}
 
         return await self._write.submit(op)
 
@@ -534,13 +544,13 @@ class SQLiteStore:
 
     # -- progress of a leased run ---------------------------------------------------------
 
-    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> bool:
+    async def record_step(self, owner: str, record: StepRecord, *, beat: bool = True) -> Stop:
         beat_at = record.finished_at if beat else None
 
-        def op(conn: sqlite3.Connection) -> bool:
-            cancel = _check_lease(conn, record.run_id, owner, beat_at)
+        def op(conn: sqlite3.Connection) -> Stop:
+            stop = _check_lease(conn, record.run_id, owner, beat_at)
             _insert_step(conn, record)
-            return cancel
+            return stop
 
         return await self._write.submit(op)
 
@@ -553,14 +563,14 @@ class SQLiteStore:
 
     async def heartbeat(
         self, owner: str, run_id: str, status: str, fields: dict[str, JSON], now: float
-    ) -> bool:
+    ) -> Stop:
         beat = dumps({"status": status, **fields})
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection) -> Stop:
             row = conn.execute(HEARTBEAT, (now, beat, run_id, owner)).fetchone()
             if row is None:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
-            return bool(row[0])
+            return Stop(row[0])
 
         return await self._write.submit(op)
 
@@ -659,6 +669,20 @@ class SQLiteStore:
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
             return run_from_row(row)
+
+        return await self._write.submit(op)
+
+    async def request_pause(self, run_id: str, reason: str, now: float) -> Run:
+        def op(conn: sqlite3.Connection) -> Run:
+            if conn.execute(PAUSE_IDLE_RUN, (reason, now, run_id)).rowcount == 0:
+                conn.execute(FLAG_PAUSE, (now, run_id))
+            row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
+            if row is None:
+                raise RunNotFound(f"no run with id {run_id!r}")
+            run = run_from_row(row)
+            if run.status.finished:
+                raise InvalidState(f"run {run_id} is {run.status}: there is nothing to pause")
+            return run
 
         return await self._write.submit(op)
 
@@ -863,16 +887,16 @@ def _insert_step(conn: sqlite3.Connection, record: StepRecord) -> None:
 
 def _check_lease(
     conn: sqlite3.Connection, run_id: str, owner: str, beat_at: float | None = None
-) -> bool:
-    """Raise LeaseLost unless `owner` holds the run; return its cancel flag. With `beat_at`,
-    also record a heartbeat (writing the run's row, which a mere check avoids)."""
+) -> Stop:
+    """Raise LeaseLost unless `owner` holds the run; return what was asked of it. With
+    `beat_at`, also record a heartbeat (writing the run's row, which a mere check avoids)."""
     if beat_at is None:
         row = conn.execute(CHECK_LEASE, (run_id, owner)).fetchone()
     else:
         row = conn.execute(CHECK_LEASE_AND_BEAT, (beat_at, run_id, owner)).fetchone()
     if row is None:
         raise LeaseLost(f"run {run_id} is not held by {owner}")
-    return bool(row[0])
+    return Stop(row[0])
 
 
 def _migrate(conn: sqlite3.Connection, now: float) -> list[int]:
