@@ -141,3 +141,39 @@ def test_a_draining_node_lets_its_isolated_children_finish(tmp_path: Path, nodes
     kinds = [kind for (kind,) in db.rows("SELECT kind FROM incidents")]
     assert "signal" not in kinds and '"alert"' not in node.log_text(), diagnose(node, db)
     assert took < 30
+
+
+@pytest.mark.timeout(120)
+def test_a_pause_survives_a_kill_and_resume_finishes_the_run_once(
+    tmp_path: Path, nodes: NodePool
+) -> None:
+    url = f"sqlite:///{tmp_path / 'isolated.db'}"
+    db = DbReader(tmp_path / "isolated.db")
+    node = nodes.node(APP, url, tmp_path / "node.log", args=["--poll-interval", "0.05"])
+    node.start()
+    node.wait_ready()
+    start_sleeper(url, "held", ticks=30)
+    isolated_child(node)
+    wait_until(lambda: db.step_count() >= 3, timeout=30, what="some ticks recorded")
+    asked = cli_json("pause", "held", "--db", url)
+    assert asked["status"] in ("running", "paused")  # running: flagged for the boundary
+    node.kill()  # before or after the boundary: the request is in the store either way
+    node.start()
+    node.wait_ready()
+    wait_until(
+        lambda: db.statuses()["paused"] == 1,
+        timeout=30,
+        what="the run paused",
+        describe=lambda: diagnose(node, db),
+    )
+    held = db.step_count()
+    assert held < 30 and "paused on request" in str(db.rows("SELECT wait_reason FROM runs"))
+    assert cli_json("resume", "held", "--db", url)["status"] == "pending"
+    wait_until(
+        lambda: db.statuses()["completed"] == 1,
+        timeout=60,
+        what="the run completed after resume",
+        describe=lambda: diagnose(node, db),
+    )
+    seqs = [seq for (seq,) in db.rows("SELECT seq FROM steps WHERE run_id = 'held'")]
+    assert sorted(seqs) == list(range(1, 31))  # every tick once
