@@ -8,6 +8,7 @@ import time
 
 import nonstop
 from nonstop import RunStatus
+from nonstop.views import why
 from tests.conftest import AppFactory
 from tests.unit.test_durable_runs import query, wait_status
 
@@ -35,6 +36,7 @@ def test_a_running_run_pauses_at_its_next_step_boundary_and_resumes(
         assert inside.wait(10)
         paused = app._call(lambda rt: rt.store.request_pause(handle.run_id, "by test", time.time()))
         assert paused.status == RunStatus.RUNNING and paused.pause_requested
+        assert why(paused, time.time()).endswith("; pause requested")  # what `show` says
         release.set()  # the step in flight finishes and is recorded...
         wait_status(handle, RunStatus.PAUSED)
         assert done == [0, 1]  # ...and nothing after it starts
