@@ -24,12 +24,12 @@ from rich.table import Table
 from nonstop.app import App, Runtime, outcome
 from nonstop.context import iso
 from nonstop.errors import ConfigError, InvalidInput, NonstopError
-from nonstop.models import JSON, Run, RunStatus, ScheduleState
+from nonstop.models import JSON, PAUSED_BY_REQUEST, Run, RunStatus, ScheduleState
 from nonstop.policies.breaker import BreakerState
 from nonstop.scheduler import fire_id
 from nonstop.store import Store, open_store, resolve_url
 from nonstop.store.base import NodeInfo
-from nonstop.views import PAUSED_BY_REQUEST, load_detail, run_dict, why
+from nonstop.views import load_detail, run_dict, why
 
 T = TypeVar("T")
 

@@ -452,7 +452,8 @@ class Context:
     async def _wait_for_token(self, seq: int, name: str, key: str, rate: Rate) -> None:
         """Reserve a token of the shared bucket `key` and wait in memory until it is due,
         when that is soon; else park the run until it will be soon (replay then comes
-        back here and reserves). Each waiter asks once per wake-up, never in a herd."""
+        back here and asks again). A parked run reserves nothing: its checkpoints are all
+        it keeps, so a reservation would be made twice."""
         now = time.time()
         reserved, wait = await self._durably(
             self._store.take_token(key, rate, now, INLINE_RETRY_WAIT)
@@ -808,12 +809,19 @@ class Context:
 
     async def heartbeat(self, status: str = "ok", **fields: JSON) -> None:
         """Tell the store this run is alive and what it is doing (not part of replay)."""
+        await self.beat(status, fields, in_step=_current_key.get() is not None)
+
+    async def beat(self, status: str, fields: dict[str, JSON], *, in_step: bool) -> None:
+        """`heartbeat`, told whether it comes from inside a step. A cancel stops the run
+        there too; a pause only between steps (a step is never cut in half for it); an
+        undo in progress (compensations) is finished whatever is asked."""
         self._check_alive()
         encode(fields, "heartbeat fields")
         self.last_beat = time.monotonic()
         beat = self._store.heartbeat(self._owner, self.run_id, status, fields, time.time())
         self.request_stop(await self._durably(beat))
-        self._check_cancel()  # between steps: a boundary
+        if not self._compensating and (self.stop == Stop.CANCEL or not in_step):
+            self._check_cancel()
 
 
 class ReplayAwareLogger:
@@ -958,4 +966,6 @@ class SyncContext:
         self._wait(self._ctx.sleep(duration))
 
     def heartbeat(self, status: str = "ok", **fields: JSON) -> None:
-        self._wait(self._ctx.heartbeat(status, **fields))
+        # the step, if any, is this thread's: the loop that carries the beat cannot see it
+        in_step = _current_key.get() is not None
+        self._wait(self._ctx.beat(status, fields, in_step=in_step))

@@ -40,7 +40,7 @@ from nonstop.errors import (
     ToolDenied,
 )
 from nonstop.isolation import drain_children, memory_limits, run_in_child
-from nonstop.models import Incident, RunStatus, Stop
+from nonstop.models import PAUSED_BY_REQUEST, Incident, RunStatus, Stop
 from nonstop.observe.alerts import Alerts
 from nonstop.observe.logging import get_logger
 from nonstop.policies.durations import seconds
@@ -54,7 +54,6 @@ from nonstop.store.base import (
     Store,
     wake_on_work,
 )
-from nonstop.views import PAUSED_BY_REQUEST
 
 if TYPE_CHECKING:
     from nonstop.app import Agent, App

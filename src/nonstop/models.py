@@ -39,6 +39,10 @@ class Stop(enum.IntEnum):
     PAUSE = 2  # park as `paused` at the next step boundary; `resume` continues it
 
 
+PAUSED_BY_REQUEST = "paused on request; `nonstop resume` continues it"
+"""The reason of a run an operator paused (`nonstop pause`, `POST /api/runs/{id}/pause`)."""
+
+
 class StepStatus(enum.StrEnum):
     COMPLETED = "completed"  # result recorded
     FAILED = "failed"  # final error recorded (retries of the step exhausted)

@@ -11,14 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from nonstop.context import iso
 from nonstop.errors import RunNotFound
-from nonstop.models import Attempt, Incident, Run, RunStatus, StepRecord, StepStatus, Stop
+from nonstop.models import (
+    Attempt,
+    Incident,
+    Run,
+    RunStatus,
+    StepRecord,
+    StepStatus,
+    Stop,
+)
 
 if TYPE_CHECKING:
     from nonstop.store.base import Store
-
-
-PAUSED_BY_REQUEST = "paused on request; `nonstop resume` continues it"
-"""The reason of a run an operator paused (`nonstop pause`, `POST /api/runs/{id}/pause`)."""
 
 
 def _when(ts: float | None) -> str | None:

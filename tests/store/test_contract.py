@@ -301,14 +301,12 @@ def test_pause_idle_at_once_and_running_by_flag_then_resume(
         assert await store.record_step("n1", record("busy", 1)) == Stop.PAUSE
         assert await store.heartbeat("n1", "busy", "ok", {}, T0 + 3) == Stop.PAUSE
         assert await store.renew_leases("n1", now=T0 + 3, lease_ttl=30) == {"busy": Stop.PAUSE}
-        # a cancel overrides a pause; a pause never overrides a cancel
-        assert (await store.request_cancel("busy", T0 + 4)).cancel_requested
-        assert (await store.request_pause("busy", "again", T0 + 4)).cancel_requested
+        # the run parks as paused with the request done
         await store.park_run(
             "n1", "busy", status=RunStatus.PAUSED, wake_at=None, reason="parked", now=T0 + 5
         )
         parked = await store.get_run("busy")
-        assert parked is not None and parked.stop_requested == Stop.NONE  # the request is done
+        assert parked is not None and parked.stop_requested == Stop.NONE
         resumed = await store.resume_run("idle", T0 + 6)
         assert resumed.status == RunStatus.PENDING
         (claimed,) = await store.claim_runs("n1", agents=AGENTS, limit=9, now=T0 + 7, lease_ttl=30)
@@ -318,6 +316,52 @@ def test_pause_idle_at_once_and_running_by_flag_then_resume(
             await store.request_pause("idle", "too late", T0 + 9)
         with pytest.raises(RunNotFound):
             await store.request_pause("nope", "who", T0)
+
+    runner.run(go())
+
+
+def test_a_run_asked_to_pause_pauses_whatever_it_parks_for(
+    store: Store, runner: asyncio.Runner
+) -> None:
+    async def go() -> None:
+        for run_id in ("sleeper", "retrier"):
+            await store.create_run(new(run_id), T0)
+            await claim_one(store)
+            await store.request_pause(run_id, "paused by test", T0 + 1)
+        # asked between its last check and its own park: the park becomes the pause, the
+        # timer it records is kept for after the resume
+        timer = replace(record("sleeper", 1), name="sleep")
+        timer = replace(timer, checksum=checksum(1, "sleep", timer.status, timer.payload))
+        await store.park_run(
+            "n1", "sleeper", status=RunStatus.SLEEPING, wake_at=T0 + 60, reason="sleeping",
+            now=T0 + 2, record=timer,
+        )  # fmt: skip
+        await store.retry_run("n1", "retrier", wake_at=T0 + 60, error={"message": "x"}, now=T0 + 2)
+        for run_id in ("sleeper", "retrier"):
+            run = await store.get_run(run_id)
+            assert run is not None and run.status == RunStatus.PAUSED, run
+            assert "paused on request" in (run.wait_reason or "")
+            assert run.stop_requested == Stop.NONE
+        assert (await store.load_history("sleeper")).steps[1].name == "sleep"
+        assert await store.claim_runs("n1", agents=AGENTS, limit=9, now=T0 + 99, lease_ttl=30) == []
+
+    runner.run(go())
+
+
+def test_a_cancel_outlasts_a_pause_and_a_paused_park(store: Store, runner: asyncio.Runner) -> None:
+    async def go() -> None:
+        await store.create_run(new("busy"), T0)
+        await claim_one(store)
+        await store.request_pause("busy", "paused by test", T0 + 1)
+        assert (await store.request_cancel("busy", T0 + 2)).cancel_requested  # cancel wins
+        assert (await store.request_pause("busy", "again", T0 + 3)).cancel_requested
+        # parked as paused by something else (a loop guard, an escalation): still cancelled
+        await store.park_run(
+            "n1", "busy", status=RunStatus.PAUSED, wake_at=None, reason="loop", now=T0 + 4
+        )
+        await store.resume_run("busy", T0 + 5)
+        (claimed,) = await store.claim_runs("n1", agents=AGENTS, limit=9, now=T0 + 6, lease_ttl=30)
+        assert claimed.run.stop_requested == Stop.CANCEL
 
     runner.run(go())
 

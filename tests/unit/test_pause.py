@@ -80,3 +80,43 @@ def test_a_sleeping_run_pauses_at_once_and_a_heartbeat_is_a_boundary(
         assert beats.wait(10)
         app._call(lambda rt: rt.store.request_pause(loop.run_id, "by test", time.time()))
         wait_status(loop, RunStatus.PAUSED)
+
+
+def test_a_heartbeat_inside_a_step_does_not_cut_the_step_for_a_pause(
+    make_app: AppFactory,
+) -> None:
+    app = make_app()
+    phases: list[str] = []
+    asked = threading.Event()
+
+    @app.agent
+    def long_step(ctx: nonstop.SyncContext) -> str:
+        def crunch() -> str:
+            phases.append("start")
+            for _ in range(200):  # a long step that says it is alive
+                ctx.heartbeat("crunching")
+                if asked.is_set():
+                    break
+                time.sleep(0.01)
+            ctx.heartbeat("still crunching")  # the pause is known by now
+            phases.append("end")
+            return "crunched"
+
+        ctx.step(crunch)
+        return str(ctx.step(lambda: "after", name="after"))
+
+    with app.worker(poll_interval=0.02):
+        handle = app.start(long_step)
+        deadline = time.monotonic() + 10
+        while "start" not in phases:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        app._call(lambda rt: rt.store.request_pause(handle.run_id, "by test", time.time()))
+        asked.set()
+        wait_status(handle, RunStatus.PAUSED)
+        assert phases == ["start", "end"]  # the step ran to its end and was recorded
+        steps = query(app, "SELECT count(*) FROM steps WHERE run_id = ?", handle.run_id)
+        assert steps == [(1,)]
+        app._call(lambda rt: rt.store.resume_run(handle.run_id, time.time()))
+        assert handle.result(10) == "after"
+    assert phases == ["start", "end"]  # not run again after the resume

@@ -31,8 +31,8 @@ from nonstop.errors import (
     StoreError,
     UnknownAgent,
 )
-from nonstop.models import RunStatus
-from nonstop.views import PAUSED_BY_REQUEST, load_detail, run_dict
+from nonstop.models import PAUSED_BY_REQUEST, RunStatus
+from nonstop.views import load_detail, run_dict
 
 _OPEN_PATHS = ("/healthz/", "/openapi.json")
 _MAX_LIMIT = 100_000

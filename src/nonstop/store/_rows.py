@@ -13,9 +13,13 @@ if TYPE_CHECKING:
 RUN_FIELDS = (
     "id", "agent", "status", "input", "output", "error", "attempt", "priority",
     "app_version", "parent_id", "wake_at", "wait_reason", "lease_owner", "lease_expires",
-    "stop_requested", "heartbeat_at", "heartbeat", "created_at", "updated_at",
-    "started_at", "finished_at", "scheduled_at",
+    "cancel_requested", "heartbeat_at", "heartbeat", "created_at", "updated_at",
+    "started_at", "finished_at", "scheduled_at", "pause_requested",
 )  # fmt: skip
+STOP_REQUESTED = "CASE WHEN cancel_requested THEN 1 WHEN pause_requested THEN 2 ELSE 0 END"
+"""What an operator asked of a run, as a `Stop` code: a cancel overrides a pause."""
+PAUSING = "(pause_requested AND NOT cancel_requested)"
+"""True for a run whose next park must be a pause instead."""
 STEP_FIELDS = (
     "run_id", "seq", "name", "status", "payload", "checksum", "attempts", "started_at",
     "finished_at",
@@ -54,7 +58,7 @@ def run_from_row(row: Row) -> Run:
         wait_reason=row[11],
         lease_owner=row[12],
         lease_expires=row[13],
-        stop_requested=Stop(int(row[14])),
+        stop_requested=Stop.CANCEL if row[14] else Stop.PAUSE if row[22] else Stop.NONE,
         heartbeat_at=row[15],
         heartbeat=_loads(row[16]),
         created_at=row[17],

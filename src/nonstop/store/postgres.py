@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 from nonstop.errors import InvalidState, RunNotFound, StoreError, StoreUnavailable
 from nonstop.models import (
     JSON,
+    PAUSED_BY_REQUEST,
     Attempt,
     Event,
     History,
@@ -40,8 +41,10 @@ from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
     NEW_RUN_FIELDS,
+    PAUSING,
     RUN_FIELDS,
     STEP_FIELDS,
+    STOP_REQUESTED,
     attempt_from_row,
     attempt_values,
     dumps,
@@ -158,7 +161,7 @@ SELECT_ALL_ATTEMPTS = (
 )
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = %s, due_at = %s WHERE lease_owner = %s"
-    " AND status = 'running' RETURNING id, stop_requested"
+    f" AND status = 'running' RETURNING id, {STOP_REQUESTED}"
 )
 # due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
@@ -176,15 +179,15 @@ SELECT_NEXT_DUE = "SELECT min(due_at) FROM runs WHERE due_at IS NOT NULL AND age
 _RECORD_STEP = (
     f" recorded AS (INSERT INTO steps ({', '.join(STEP_FIELDS)})"
     f" SELECT {_STEP_PARAMS} FROM lease RETURNING 1)"
-    " SELECT stop_requested, (SELECT count(*) FROM recorded) FROM lease"
+    " SELECT stop, (SELECT count(*) FROM recorded) FROM lease"
 )
 RECORD_STEP_AND_BEAT = (
     "WITH lease AS (UPDATE runs SET heartbeat_at = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running' RETURNING stop_requested)," + _RECORD_STEP
+    f" AND status = 'running' RETURNING {STOP_REQUESTED} AS stop)," + _RECORD_STEP
 )
 # Without a beat the run's row is only read (no new row version for PostgreSQL to vacuum).
 RECORD_STEP = (
-    "WITH lease AS (SELECT stop_requested FROM runs WHERE %s::float8 IS NOT NULL"
+    f"WITH lease AS (SELECT {STOP_REQUESTED} AS stop FROM runs WHERE %s::float8 IS NOT NULL"
     " AND id = %s AND lease_owner = %s AND status = 'running' FOR SHARE)," + _RECORD_STEP
 )
 RECORD_ATTEMPT = (
@@ -197,17 +200,21 @@ RECORD_ATTEMPT = (
 INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({_STEP_PARAMS})"
 HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = %s, heartbeat = %s WHERE id = %s AND lease_owner = %s"
-    " AND status = 'running' RETURNING stop_requested"
+    f" AND status = 'running' RETURNING {STOP_REQUESTED}"
 )
+# A run asked to pause parks as `paused` whatever it parks for (its timer is kept).
 PARK_RUN = (
-    "UPDATE runs SET status = %(status)s, lease_owner = NULL, lease_expires = NULL,"
-    " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = %(id)s"
+    f"UPDATE runs SET status = CASE WHEN {PAUSING} THEN 'paused' ELSE %(status)s END,"
+    " lease_owner = NULL, lease_expires = NULL,"
+    f" due_at = CASE WHEN {PAUSING} THEN NULL"
+    " WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = %(id)s"
     "   AND name = %(signal)s AND consumed_at IS NULL)"
     " OR (SELECT count(*) FROM runs c WHERE c.parent_id = %(id)s"
     "   AND c.finished_at IS NOT NULL) > %(seen)s"
     " THEN %(now)s ELSE %(wake_at)s END,"
-    " wake_at = %(wake_at)s, wait_reason = %(reason)s, updated_at = %(now)s,"
-    " stop_requested = CASE WHEN %(status)s = 'paused' THEN 0 ELSE stop_requested END"
+    " wake_at = %(wake_at)s,"
+    f" wait_reason = CASE WHEN {PAUSING} THEN %(paused)s ELSE %(reason)s END,"
+    " updated_at = %(now)s, pause_requested = cancel_requested AND pause_requested"
     " WHERE id = %(id)s AND lease_owner = %(owner)s AND status = 'running'"
 )
 WAKE_PARENT = (
@@ -240,15 +247,18 @@ SAVE_SCHEDULE = (
     " last_fire_at = greatest(schedules.last_fire_at, excluded.last_fire_at)"
 )
 RETRY_RUN = (
-    "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = %s,"
-    " lease_owner = NULL, lease_expires = NULL, due_at = %s, wake_at = %s, wait_reason = %s,"
-    " updated_at = %s WHERE id = %s AND lease_owner = %s AND status = 'running'"
+    f"UPDATE runs SET status = CASE WHEN {PAUSING} THEN 'paused' ELSE 'sleeping' END,"
+    " attempt = attempt + 1, error = %s, lease_owner = NULL, lease_expires = NULL,"
+    f" due_at = CASE WHEN {PAUSING} THEN NULL ELSE %s END, wake_at = %s,"
+    f" wait_reason = CASE WHEN {PAUSING} THEN %s ELSE %s END, updated_at = %s,"
+    " pause_requested = cancel_requested AND pause_requested"
+    " WHERE id = %s AND lease_owner = %s AND status = 'running'"
 )
 DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ANY(%s) AND status = 'failed'"
 FINISH_RUN = (
     "UPDATE runs SET status = %s, output = %s, error = %s, lease_owner = NULL,"
     " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
-    " stop_requested = 0, updated_at = %s, finished_at = %s"
+    " cancel_requested = false, pause_requested = false, updated_at = %s, finished_at = %s"
     " WHERE id = %s AND lease_owner = %s AND status = 'running'"
 )
 CANCEL_IDLE_RUN = (
@@ -257,15 +267,16 @@ CANCEL_IDLE_RUN = (
     " ('pending', 'sleeping', 'waiting', 'paused')"
 )
 FLAG_CANCEL = (
-    "UPDATE runs SET stop_requested = 1, updated_at = %s WHERE id = %s AND status = 'running'"
+    "UPDATE runs SET cancel_requested = true, updated_at = %s WHERE id = %s AND status = 'running'"
 )
-PAUSE_IDLE_RUN = (
-    "UPDATE runs SET status = 'paused', due_at = NULL, wait_reason = %s, updated_at = %s"
-    " WHERE id = %s AND status IN ('pending', 'sleeping', 'waiting')"
-)
-FLAG_PAUSE = (
-    "UPDATE runs SET stop_requested = 2, updated_at = %s"
-    " WHERE id = %s AND status = 'running' AND stop_requested = 0"
+# One statement (re-evaluated on the newest row version under concurrent updates): an idle
+# run is paused, a running one flagged, whatever it became meanwhile.
+REQUEST_PAUSE = (
+    "UPDATE runs SET status = CASE WHEN status = 'running' THEN status ELSE 'paused' END,"
+    " due_at = CASE WHEN status = 'running' THEN due_at END,"
+    " wait_reason = CASE WHEN status = 'running' THEN wait_reason ELSE %(reason)s END,"
+    " pause_requested = pause_requested OR status = 'running', updated_at = %(now)s"
+    " WHERE id = %(id)s AND status IN ('pending', 'sleeping', 'waiting', 'running')"
 )
 REPLAY_DEAD = (
     "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = %s, error = NULL,"
@@ -275,7 +286,7 @@ REPLAY_DEAD = (
 )
 RESUME_RUN = (
     "UPDATE runs SET status = 'pending', due_at = %s, wait_reason = 'resumed',"
-    " updated_at = %s, stop_requested = 0 WHERE id = %s AND status = 'paused'"
+    " updated_at = %s, pause_requested = false WHERE id = %s AND status = 'paused'"
 )
 INSERT_INCIDENT = (
     "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (%s, %s, %s, %s, %s)"
@@ -599,6 +610,7 @@ class PostgresStore:
             "now": now,
             "wake_at": wake_at,
             "reason": reason,
+            "paused": PAUSED_BY_REQUEST,
             "owner": owner,
         }
         async with self._tx() as conn:
@@ -612,7 +624,7 @@ class PostgresStore:
         self, owner: str, run_id: str, *, wake_at: float, error: dict[str, JSON], now: float
     ) -> None:
         reason = f"retrying the run after: {error.get('message', '')}"[:500]
-        params = (dumps(error), wake_at, wake_at, reason, now, run_id, owner)
+        params = (dumps(error), wake_at, wake_at, PAUSED_BY_REQUEST, reason, now, run_id, owner)
         async with self._tx() as conn:
             cursor = await conn.execute(RETRY_RUN, params)
             if cursor.rowcount != 1:
@@ -667,9 +679,7 @@ class PostgresStore:
 
     async def request_pause(self, run_id: str, reason: str, now: float) -> Run:
         async with self._tx() as conn:
-            cursor = await conn.execute(PAUSE_IDLE_RUN, (reason, now, run_id))
-            if cursor.rowcount == 0:
-                await conn.execute(FLAG_PAUSE, (now, run_id))
+            await conn.execute(REQUEST_PAUSE, {"reason": reason, "now": now, "id": run_id})
             row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
         if row is None:
             raise RunNotFound(f"no run with id {run_id!r}")

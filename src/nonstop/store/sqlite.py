@@ -24,6 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 from nonstop.errors import ConfigError, InvalidState, RunNotFound, StoreError
 from nonstop.models import (
     JSON,
+    PAUSED_BY_REQUEST,
     Attempt,
     Event,
     History,
@@ -42,8 +43,10 @@ from nonstop.store._flow import BUCKET_KEY, Allowance, allowance
 from nonstop.store._rows import (
     ATTEMPT_FIELDS,
     NEW_RUN_FIELDS,
+    PAUSING,
     RUN_FIELDS,
     STEP_FIELDS,
+    STOP_REQUESTED,
     attempt_from_row,
     attempt_values,
     dumps,
@@ -130,7 +133,7 @@ SELECT_ALL_ATTEMPTS = (
 )
 RENEW_LEASES = (
     "UPDATE runs SET lease_expires = ?, due_at = ? WHERE lease_owner = ? AND status = 'running'"
-    " RETURNING id, stop_requested"
+    f" RETURNING id, {STOP_REQUESTED}"
 )
 # due_at 0: half-done work of a dead node goes before the queue of runs not yet started
 EXPIRE_LEASES = (
@@ -150,10 +153,10 @@ SELECT_NEXT_DUE = (
 )
 CHECK_LEASE_AND_BEAT = (
     "UPDATE runs SET heartbeat_at = ? WHERE id = ? AND lease_owner = ? AND status = 'running'"
-    " RETURNING stop_requested"
+    f" RETURNING {STOP_REQUESTED}"
 )
 CHECK_LEASE = (
-    "SELECT stop_requested FROM runs WHERE id = ? AND lease_owner = ? AND status = 'running'"
+    f"SELECT {STOP_REQUESTED} FROM runs WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 INSERT_STEP = f"INSERT INTO steps ({', '.join(STEP_FIELDS)}) VALUES ({', '.join('?' * 9)})"
 INSERT_ATTEMPT = (
@@ -161,18 +164,21 @@ INSERT_ATTEMPT = (
 )
 HEARTBEAT = (
     "UPDATE runs SET heartbeat_at = ?, heartbeat = ? WHERE id = ? AND lease_owner = ?"
-    " AND status = 'running' RETURNING stop_requested"
+    f" AND status = 'running' RETURNING {STOP_REQUESTED}"
 )
+# A run asked to pause parks as `paused` whatever it parks for (its timer is kept).
 PARK_RUN = (
-    "UPDATE runs SET status = :status, lease_owner = NULL, lease_expires = NULL,"
-    " due_at = CASE WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = :id"
+    f"UPDATE runs SET status = CASE WHEN {PAUSING} THEN 'paused' ELSE :status END,"
+    " lease_owner = NULL, lease_expires = NULL,"
+    f" due_at = CASE WHEN {PAUSING} THEN NULL"
+    " WHEN EXISTS (SELECT 1 FROM signals WHERE run_id = :id"
     "   AND name = :signal AND consumed_at IS NULL)"
     " OR (SELECT count(*) FROM runs c WHERE c.parent_id = :id AND c.finished_at IS NOT NULL)"
     "   > :seen"
     " THEN :now ELSE :wake_at END,"
-    " wake_at = :wake_at, wait_reason = :reason, updated_at = :now,"
-    " stop_requested = CASE WHEN :status = 'paused' THEN 0 ELSE stop_requested END"
-    " WHERE id = :id AND lease_owner = :owner AND status = 'running'"
+    f" wake_at = :wake_at, wait_reason = CASE WHEN {PAUSING} THEN :paused ELSE :reason END,"
+    " updated_at = :now, pause_requested = CASE WHEN cancel_requested THEN pause_requested"
+    " ELSE 0 END WHERE id = :id AND lease_owner = :owner AND status = 'running'"
 )
 WAKE_PARENT = (
     "UPDATE runs SET due_at = ? WHERE status = 'waiting'"
@@ -205,15 +211,18 @@ SAVE_SCHEDULE = (
     "   THEN excluded.last_fire_at ELSE schedules.last_fire_at END"
 )
 RETRY_RUN = (
-    "UPDATE runs SET status = 'sleeping', attempt = attempt + 1, error = ?, lease_owner = NULL,"
-    " lease_expires = NULL, due_at = ?, wake_at = ?, wait_reason = ?, updated_at = ?"
+    f"UPDATE runs SET status = CASE WHEN {PAUSING} THEN 'paused' ELSE 'sleeping' END,"
+    " attempt = attempt + 1, error = ?, lease_owner = NULL, lease_expires = NULL,"
+    f" due_at = CASE WHEN {PAUSING} THEN NULL ELSE ? END, wake_at = ?,"
+    f" wait_reason = CASE WHEN {PAUSING} THEN ? ELSE ? END, updated_at = ?,"
+    " pause_requested = CASE WHEN cancel_requested THEN pause_requested ELSE 0 END"
     " WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 DROP_FAILED_STEPS = "DELETE FROM steps WHERE run_id = ? AND status = 'failed'"
 FINISH_RUN = (
     "UPDATE runs SET status = ?, output = ?, error = ?, lease_owner = NULL,"
     " lease_expires = NULL, due_at = NULL, wake_at = NULL, wait_reason = NULL,"
-    " stop_requested = 0, updated_at = ?, finished_at = ?"
+    " cancel_requested = 0, pause_requested = 0, updated_at = ?, finished_at = ?"
     " WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
 CANCEL_IDLE_RUN = (
@@ -222,15 +231,15 @@ CANCEL_IDLE_RUN = (
     " ('pending', 'sleeping', 'waiting', 'paused')"
 )
 FLAG_CANCEL = (
-    "UPDATE runs SET stop_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
+    "UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
 )
-PAUSE_IDLE_RUN = (
-    "UPDATE runs SET status = 'paused', due_at = NULL, wait_reason = ?, updated_at = ?"
-    " WHERE id = ? AND status IN ('pending', 'sleeping', 'waiting')"
-)
-FLAG_PAUSE = (
-    "UPDATE runs SET stop_requested = 2, updated_at = ?"
-    " WHERE id = ? AND status = 'running' AND stop_requested = 0"
+# One statement: an idle run is paused, a running one flagged, whatever it became meanwhile.
+REQUEST_PAUSE = (
+    "UPDATE runs SET status = CASE WHEN status = 'running' THEN status ELSE 'paused' END,"
+    " due_at = CASE WHEN status = 'running' THEN due_at END,"
+    " wait_reason = CASE WHEN status = 'running' THEN wait_reason ELSE :reason END,"
+    " pause_requested = CASE WHEN status = 'running' THEN 1 ELSE pause_requested END,"
+    " updated_at = :now WHERE id = :id AND status IN ('pending', 'sleeping', 'waiting', 'running')"
 )
 REPLAY_DEAD = (
     "UPDATE runs SET status = 'pending', attempt = attempt + 1, due_at = ?, error = NULL,"
@@ -243,7 +252,7 @@ DROP_FAILED_STEPS_OF_REPLAYED = (
 )
 RESUME_RUN = (
     "UPDATE runs SET status = 'pending', due_at = ?, wait_reason = 'resumed', updated_at = ?,"
-    " stop_requested = 0 WHERE id = ? AND status = 'paused'"
+    " pause_requested = 0 WHERE id = ? AND status = 'paused'"
 )
 INSERT_INCIDENT = "INSERT INTO incidents (run_id, agent, kind, detail, at) VALUES (?, ?, ?, ?, ?)"
 SELECT_INCIDENTS = (
@@ -595,6 +604,7 @@ class SQLiteStore:
             "now": now,
             "wake_at": wake_at,
             "reason": reason,
+            "paused": PAUSED_BY_REQUEST,
             "owner": owner,
         }
 
@@ -613,7 +623,8 @@ class SQLiteStore:
 
         def op(conn: sqlite3.Connection) -> None:
             cursor = conn.execute(
-                RETRY_RUN, (dumps(error), wake_at, wake_at, reason, now, run_id, owner)
+                RETRY_RUN,
+                (dumps(error), wake_at, wake_at, PAUSED_BY_REQUEST, reason, now, run_id, owner),
             )
             if cursor.rowcount != 1:
                 raise LeaseLost(f"run {run_id} is not held by {owner}")
@@ -674,8 +685,7 @@ class SQLiteStore:
 
     async def request_pause(self, run_id: str, reason: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
-            if conn.execute(PAUSE_IDLE_RUN, (reason, now, run_id)).rowcount == 0:
-                conn.execute(FLAG_PAUSE, (now, run_id))
+            conn.execute(REQUEST_PAUSE, {"reason": reason, "now": now, "id": run_id})
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
                 raise RunNotFound(f"no run with id {run_id!r}")
