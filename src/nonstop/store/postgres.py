@@ -261,13 +261,17 @@ FINISH_RUN = (
     " cancel_requested = false, pause_requested = false, updated_at = %s, finished_at = %s"
     " WHERE id = %s AND lease_owner = %s AND status = 'running'"
 )
-CANCEL_IDLE_RUN = (
-    "UPDATE runs SET status = 'cancelled', due_at = NULL, wake_at = NULL,"
-    " wait_reason = NULL, updated_at = %s, finished_at = %s WHERE id = %s AND status IN"
-    " ('pending', 'sleeping', 'waiting', 'paused')"
-)
-FLAG_CANCEL = (
-    "UPDATE runs SET cancel_requested = true, updated_at = %s WHERE id = %s AND status = 'running'"
+# One statement (re-evaluated on the newest row version under concurrent updates): an idle
+# run is cancelled, a running one flagged, whatever it became meanwhile.
+REQUEST_CANCEL = (
+    "UPDATE runs SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,"
+    " due_at = CASE WHEN status = 'running' THEN due_at END,"
+    " wake_at = CASE WHEN status = 'running' THEN wake_at END,"
+    " wait_reason = CASE WHEN status = 'running' THEN wait_reason END,"
+    " finished_at = CASE WHEN status = 'running' THEN finished_at ELSE %(now)s END,"
+    " cancel_requested = cancel_requested OR status = 'running', updated_at = %(now)s"
+    " WHERE id = %(id)s AND status IN ('pending', 'sleeping', 'waiting', 'paused', 'running')"
+    " RETURNING status"
 )
 # One statement (re-evaluated on the newest row version under concurrent updates): an idle
 # run is paused, a running one flagged, whatever it became meanwhile.
@@ -667,10 +671,10 @@ class PostgresStore:
 
     async def request_cancel(self, run_id: str, now: float) -> Run:
         async with self._tx() as conn:
-            cursor = await conn.execute(CANCEL_IDLE_RUN, (now, now, run_id))
-            if cursor.rowcount == 0:
-                await conn.execute(FLAG_CANCEL, (now, run_id))
-            elif (await conn.execute(WAKE_PARENT, (now, run_id))).rowcount:
+            cursor = await conn.execute(REQUEST_CANCEL, {"now": now, "id": run_id})
+            changed = await cursor.fetchone()
+            cancelled = changed is not None and changed[0] == RunStatus.CANCELLED
+            if cancelled and (await conn.execute(WAKE_PARENT, (now, run_id))).rowcount:
                 await conn.execute(NOTIFY)
             row = await (await conn.execute(SELECT_RUN, (run_id,))).fetchone()
         if row is None:

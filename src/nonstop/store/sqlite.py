@@ -225,13 +225,16 @@ FINISH_RUN = (
     " cancel_requested = 0, pause_requested = 0, updated_at = ?, finished_at = ?"
     " WHERE id = ? AND lease_owner = ? AND status = 'running'"
 )
-CANCEL_IDLE_RUN = (
-    "UPDATE runs SET status = 'cancelled', due_at = NULL, wake_at = NULL, wait_reason = NULL,"
-    " updated_at = ?, finished_at = ? WHERE id = ? AND status IN"
-    " ('pending', 'sleeping', 'waiting', 'paused')"
-)
-FLAG_CANCEL = (
-    "UPDATE runs SET cancel_requested = 1, updated_at = ? WHERE id = ? AND status = 'running'"
+# One statement: an idle run is cancelled, a running one flagged, whatever it became meanwhile.
+REQUEST_CANCEL = (
+    "UPDATE runs SET status = CASE WHEN status = 'running' THEN status ELSE 'cancelled' END,"
+    " due_at = CASE WHEN status = 'running' THEN due_at END,"
+    " wake_at = CASE WHEN status = 'running' THEN wake_at END,"
+    " wait_reason = CASE WHEN status = 'running' THEN wait_reason END,"
+    " finished_at = CASE WHEN status = 'running' THEN finished_at ELSE :now END,"
+    " cancel_requested = CASE WHEN status = 'running' THEN 1 ELSE cancel_requested END,"
+    " updated_at = :now WHERE id = :id"
+    " AND status IN ('pending', 'sleeping', 'waiting', 'paused', 'running') RETURNING status"
 )
 # One statement: an idle run is paused, a running one flagged, whatever it became meanwhile.
 REQUEST_PAUSE = (
@@ -672,9 +675,8 @@ class SQLiteStore:
 
     async def request_cancel(self, run_id: str, now: float) -> Run:
         def op(conn: sqlite3.Connection) -> Run:
-            if conn.execute(CANCEL_IDLE_RUN, (now, now, run_id)).rowcount == 0:
-                conn.execute(FLAG_CANCEL, (now, run_id))
-            else:
+            row = conn.execute(REQUEST_CANCEL, {"now": now, "id": run_id}).fetchone()
+            if row is not None and row[0] == RunStatus.CANCELLED:
                 conn.execute(WAKE_PARENT, (now, run_id))
             row = conn.execute(SELECT_RUN, (run_id,)).fetchone()
             if row is None:
