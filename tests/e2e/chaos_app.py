@@ -34,6 +34,7 @@ import json
 import os
 import random
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nonstop
@@ -170,13 +171,15 @@ def _observe(
     )
 
 
-async def _chain(ctx: nonstop.Context, delay: float) -> dict[str, list[Result]]:
+async def _chain(
+    ctx: nonstop.Context, call: Callable[[int], Awaitable[Result]]
+) -> dict[str, list[Result]]:
+    """STEPS durable calls, `call(seq)` each, observed as they come back."""
     observed: list[Result] = []
     for seq in range(1, STEPS + 1):
         key = ctx.idempotency_key
-        fn = effect_async if seq % 2 else effect
         try:
-            result: Result = await ctx.step(fn, delay, name="effect", retry=step_retry(seq))
+            result = await call(seq)
         except StepFailed as exc:
             _observe(ctx.run_id, seq, ctx.attempt, key, None, exc.message)
             raise
@@ -185,9 +188,19 @@ async def _chain(ctx: nonstop.Context, delay: float) -> dict[str, list[Result]]:
     return {"observed": observed}
 
 
+def _steps(ctx: nonstop.Context, delay: float) -> Callable[[int], Awaitable[Result]]:
+    """Step `seq` as `ctx.step`, alternately of the async and the sync function."""
+
+    def call(seq: int) -> Awaitable[Result]:
+        fn = effect_async if seq % 2 else effect
+        return ctx.step(fn, delay, name="effect", retry=step_retry(seq))
+
+    return call
+
+
 async def chaos_async(ctx: nonstop.Context, delay: float = STEP_DELAY) -> dict[str, list[Result]]:
     """STEPS steps, alternately async and sync functions, under an async handler."""
-    return await _chain(ctx, delay)
+    return await _chain(ctx, _steps(ctx, delay))
 
 
 def chaos_sync(ctx: nonstop.SyncContext, delay: float = STEP_DELAY) -> dict[str, list[Result]]:
@@ -208,22 +221,12 @@ def chaos_sync(ctx: nonstop.SyncContext, delay: float = STEP_DELAY) -> dict[str,
 
 async def chaos_restart(ctx: nonstop.Context, delay: float = STEP_DELAY) -> dict[str, list[Result]]:
     """The async chain under the RESTART policy."""
-    return await _chain(ctx, delay)
+    return await _chain(ctx, _steps(ctx, delay))
 
 
 async def chaos_tools(ctx: nonstop.Context, delay: float = STEP_DELAY) -> dict[str, list[Result]]:
     """The chain again, each step a call of a registered tool."""
-    observed: list[Result] = []
-    for seq in range(1, STEPS + 1):
-        key = ctx.idempotency_key
-        try:
-            result: Result = await ctx.tool(tool_for(seq), delay=delay)
-        except StepFailed as exc:
-            _observe(ctx.run_id, seq, ctx.attempt, key, None, exc.message)
-            raise
-        _observe(ctx.run_id, seq, ctx.attempt, key, result, None)
-        observed.append(result)
-    return {"observed": observed}
+    return await _chain(ctx, lambda seq: ctx.tool(tool_for(seq), delay=delay))
 
 
 AGENTS = ("chaos_async", "chaos_sync", "chaos_restart", "chaos_tools")

@@ -86,24 +86,42 @@ def isolated_child(node: ServeNode) -> psutil.Process:
     return found[0]
 
 
-def start_sleeper(url: str, run_id: str, ticks: int) -> None:
+def serve_sleeper(
+    tmp_path: Path, nodes: NodePool, run_id: str, ticks: int, *args: str
+) -> tuple[ServeNode, DbReader, psutil.Process]:
+    """A ready `serve` of the isolated app, a `sleeper` run of `ticks` steps, and its child
+    process once some ticks are recorded."""
+    url = f"sqlite:///{tmp_path / 'isolated.db'}"
+    db = DbReader(tmp_path / "isolated.db")
+    node = nodes.node(APP, url, tmp_path / "node.log", args=args)
+    node.start()
+    node.wait_ready()
     started = cli_json("run", "sleeper", "--app", APP, "--db", url, "--id", run_id,
                        "--input", json.dumps({"ticks": ticks}))  # fmt: skip
     assert started["run_id"] == run_id
+    child = isolated_child(node)
+    wait_until(lambda: db.step_count() >= 3, timeout=30, what="some ticks recorded")
+    return node, db, child
+
+
+def wait_for_one(node: ServeNode, db: DbReader, status: str) -> None:
+    wait_until(
+        lambda: db.statuses()[status] == 1,
+        timeout=60,
+        what=f"the run {status}",
+        describe=lambda: diagnose(node, db),
+    )
+
+
+def ticks_recorded(db: DbReader, run_id: str) -> list[int]:
+    return sorted(seq for (seq,) in db.rows("SELECT seq FROM steps WHERE run_id = ?", (run_id,)))
 
 
 @pytest.mark.timeout(120)
 def test_an_isolated_child_dies_with_its_node_and_its_run_resumes_once(
     tmp_path: Path, nodes: NodePool
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'isolated.db'}"
-    db = DbReader(tmp_path / "isolated.db")
-    node = nodes.node(APP, url, tmp_path / "node.log", args=["--poll-interval", "0.05"])
-    node.start()
-    node.wait_ready()
-    start_sleeper(url, "long", ticks=40)
-    child = isolated_child(node)
-    wait_until(lambda: db.step_count() >= 3, timeout=30, what="some ticks recorded")
+    node, db, child = serve_sleeper(tmp_path, nodes, "long", 40, "--poll-interval", "0.05")
     node.kill()  # kill -9: no chance to stop the child itself
     # the kernel kills the orphan (it would otherwise go on checkpointing under a lease
     # that a restarted node takes over: the same step twice, at the same time)
@@ -111,26 +129,13 @@ def test_an_isolated_child_dies_with_its_node_and_its_run_resumes_once(
     assert gone, f"the isolated child outlived its node\n{diagnose(node, db)}"
     node.start()
     node.wait_ready()
-    wait_until(
-        lambda: db.statuses()["completed"] == 1,
-        timeout=60,
-        what="the run completed after the restart",
-        describe=lambda: diagnose(node, db),
-    )
-    seqs = [seq for (seq,) in db.rows("SELECT seq FROM steps WHERE run_id = 'long'")]
-    assert sorted(seqs) == list(range(1, 41))  # every tick once, none lost
+    wait_for_one(node, db, "completed")
+    assert ticks_recorded(db, "long") == list(range(1, 41))  # every tick once, none lost
 
 
 @pytest.mark.timeout(120)
 def test_a_draining_node_lets_its_isolated_children_finish(tmp_path: Path, nodes: NodePool) -> None:
-    url = f"sqlite:///{tmp_path / 'isolated.db'}"
-    db = DbReader(tmp_path / "isolated.db")
-    node = nodes.node(APP, url, tmp_path / "node.log", args=["--grace-period", "30"])
-    node.start()
-    node.wait_ready()
-    start_sleeper(url, "drained", ticks=10)
-    child = isolated_child(node)
-    wait_until(lambda: db.step_count() >= 2, timeout=30, what="some ticks recorded")
+    node, db, child = serve_sleeper(tmp_path, nodes, "drained", 10, "--grace-period", "30")
     code, took = node.terminate(timeout=40)
     assert code == 0, diagnose(node, db)
     assert not child.is_running()
@@ -147,33 +152,16 @@ def test_a_draining_node_lets_its_isolated_children_finish(tmp_path: Path, nodes
 def test_a_pause_survives_a_kill_and_resume_finishes_the_run_once(
     tmp_path: Path, nodes: NodePool
 ) -> None:
-    url = f"sqlite:///{tmp_path / 'isolated.db'}"
-    db = DbReader(tmp_path / "isolated.db")
-    node = nodes.node(APP, url, tmp_path / "node.log", args=["--poll-interval", "0.05"])
-    node.start()
-    node.wait_ready()
-    start_sleeper(url, "held", ticks=30)
-    isolated_child(node)
-    wait_until(lambda: db.step_count() >= 3, timeout=30, what="some ticks recorded")
+    node, db, _ = serve_sleeper(tmp_path, nodes, "held", 30, "--poll-interval", "0.05")
+    url = node.db_url
     asked = cli_json("pause", "held", "--db", url)
     assert asked["status"] in ("running", "paused")  # running: flagged for the boundary
     node.kill()  # before or after the boundary: the request is in the store either way
     node.start()
     node.wait_ready()
-    wait_until(
-        lambda: db.statuses()["paused"] == 1,
-        timeout=30,
-        what="the run paused",
-        describe=lambda: diagnose(node, db),
-    )
+    wait_for_one(node, db, "paused")
     held = db.step_count()
     assert held < 30 and "paused on request" in str(db.rows("SELECT wait_reason FROM runs"))
     assert cli_json("resume", "held", "--db", url)["status"] == "pending"
-    wait_until(
-        lambda: db.statuses()["completed"] == 1,
-        timeout=60,
-        what="the run completed after resume",
-        describe=lambda: diagnose(node, db),
-    )
-    seqs = [seq for (seq,) in db.rows("SELECT seq FROM steps WHERE run_id = 'held'")]
-    assert sorted(seqs) == list(range(1, 31))  # every tick once
+    wait_for_one(node, db, "completed")
+    assert ticks_recorded(db, "held") == list(range(1, 31))  # every tick once
