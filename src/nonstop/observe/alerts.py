@@ -1,4 +1,4 @@
-"""Alerts: what a human must hear about, said once, as an `alert` log event at error level.
+"""Alerts: what a human must hear about, as an `alert` log event at error level.
 
 Every alert has a `kind` (`missed_heartbeat`, `escalated`, `oom`, `cpu_limit`, `signal`,
 `exit`, `loop`) and the run it concerns. While its node is shutting down, the kinds that a

@@ -19,6 +19,8 @@ from nonstop.errors import ConfigError
 
 @dataclass(frozen=True, slots=True)
 class LoopGuard:
+    """An agent's loop limits (`@app.agent(max_steps=, max_repeats=)`); None: no limit."""
+
     max_steps: int | None = None
     max_repeats: int | None = None
 

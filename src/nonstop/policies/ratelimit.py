@@ -41,8 +41,8 @@ class Rate:
         when the token is due within `max_wait` (then `wait` is the time until it is);
         otherwise nothing is taken and `wait` is how long until asking again would
         reserve one within `max_wait`."""
-        now = self.refill(tokens, elapsed)
-        due = max(0.0, 1.0 - now) * self.period / self.count
+        held = self.refill(tokens, elapsed)
+        due = max(0.0, 1.0 - held) * self.period / self.count
         if due <= max_wait:
-            return now - 1.0, due, True
-        return now, due - max_wait, False
+            return held - 1.0, due, True
+        return held, due - max_wait, False
