@@ -304,14 +304,7 @@ class Executor:
             recent = sum(1 for i in incidents if i.kind == "restarted" and i.at >= since)
             if not policy.decide(recent):
                 why = f"escalated after {recent} restart(s) ({reason})"
-                await self.store.park_run(
-                    self.owner,
-                    run_id,
-                    status=RunStatus.PAUSED,
-                    wake_at=None,
-                    reason=f"paused: {why}; `nonstop resume` continues it",
-                    now=now,
-                )
+                await self._pause(run_id, f"paused: {why}; `nonstop resume` continues it", now)
                 await self.store.add_incident(Incident(run_id, agent.name, "escalated", why, now))
                 self.alerts.fire("escalated", agent=agent.name, run_id=run_id, reason=why)
                 return
@@ -335,6 +328,12 @@ class Executor:
             at=iso(wake),
         )
         await self._restart_siblings(agent.name, run_id)
+
+    async def _pause(self, run_id: str, reason: str, now: float) -> None:
+        """Park a run this node holds as `paused` for a human (`nonstop resume`)."""
+        await self.store.park_run(
+            self.owner, run_id, status=RunStatus.PAUSED, wake_at=None, reason=reason, now=now
+        )
 
     async def _restart_siblings(self, agent: str, run_id: str) -> None:
         """Apply the agent's group strategy: restart its siblings' running runs too."""
@@ -529,13 +528,8 @@ class Executor:
         now = time.time()
         detail = f"started under version {previous}, adopted by version {version}"
         if self.app.on_version_change == "pause":
-            await self.store.park_run(
-                self.owner,
-                run.id,
-                status=RunStatus.PAUSED,
-                wake_at=None,
-                reason=f"paused: {detail} (on_version_change=pause; `nonstop resume` runs it)",
-                now=now,
+            await self._pause(
+                run.id, f"paused: {detail} (on_version_change=pause; `nonstop resume` runs it)", now
             )
             await self.store.add_incident(
                 Incident(run.id, run.agent, "version_change", f"{detail}; paused", now)
@@ -597,14 +591,7 @@ class Executor:
                 await self._restart(agent, run_id, "missed heartbeats")
                 return
             if failure.why == Interrupt.PAUSE:
-                await self.store.park_run(
-                    self.owner,
-                    run_id,
-                    status=RunStatus.PAUSED,
-                    wake_at=None,
-                    reason=PAUSED_BY_REQUEST,
-                    now=now,
-                )
+                await self._pause(run_id, PAUSED_BY_REQUEST, now)
                 log.info("run_paused", agent=name, run_id=run_id, reason="requested")
                 return
             if failure.why != Interrupt.TIMEOUT:
@@ -625,14 +612,7 @@ class Executor:
                 CorruptCheckpoint: "corrupt_checkpoint",
                 LoopDetected: "loop",
             }[type(failure)]
-            await self.store.park_run(
-                self.owner,
-                run_id,
-                status=RunStatus.PAUSED,
-                wake_at=None,
-                reason=f"paused: {type(failure).__name__}: {failure}",
-                now=now,
-            )
+            await self._pause(run_id, f"paused: {type(failure).__name__}: {failure}", now)
             await self.store.add_incident(Incident(run_id, name, kind, str(failure), now))
             log.error("run_paused", agent=name, run_id=run_id, error=str(failure))
             if kind == "loop":
