@@ -3,22 +3,19 @@
 A `ServeNode` is one node of an app on one database, started again as often as a test
 likes (each start is a new process on a fresh port). Its stdout and stderr go to one log
 file, whose tail belongs in every assertion message. A `NodePool` kills whatever is still
-running when it closes, so a failing test never leaves a node behind; use it as a fixture:
-
-    @pytest.fixture
-    def nodes() -> Iterator[NodePool]:
-        with NodePool() as pool:
-            yield pool
+running when it closes, so a failing test never leaves a node behind (the `nodes` fixture
+of `conftest.py`).
 
 A `DbReader` reads a node's SQLite file on a read-only connection of its own (what is on
 disk is what counts), and `diagnose` puts the database's state and the node's log tail
-into an assertion message.
+into an assertion message; `read_jsonl` reads the files the test apps write.
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -326,6 +323,17 @@ class DbReader:
             wake = "" if wake_at is None else f" wake in {wake_at - now:+.2f}s"
             lines.append(f"  {run_id}: {status} ({reason}){wake} owner={owner} steps={steps}")
         return "\n".join(lines)
+
+
+def read_jsonl(path: Path, *, partial: bool = False) -> list[dict[str, Any]]:
+    """The JSON lines of `path`; with `partial`, a last line still being written is left
+    out (for reading while a node writes)."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if partial:
+        text = text[: text.rfind("\n") + 1]
+    return [json.loads(line) for line in text.splitlines()]
 
 
 def diagnose(node: ServeNode, db: DbReader) -> str:

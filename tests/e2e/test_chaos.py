@@ -45,7 +45,7 @@ import re
 import time
 from bisect import bisect_right
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,7 @@ import pytest
 
 import nonstop
 from tests.e2e import chaos_app
-from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, wait_until
+from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, read_jsonl, wait_until
 
 APP = "tests/e2e/chaos_app.py:app"
 SEED = int(os.environ.get("NONSTOP_E2E_SEED", "20251123"))
@@ -130,18 +130,6 @@ def world(tmp_path: Path) -> World:
 @pytest.fixture
 def db(world: World) -> DbReader:
     return DbReader(world.db_path, settled=("completed", "dead"))
-
-
-@pytest.fixture
-def nodes() -> Iterator[NodePool]:
-    with NodePool() as pool:
-        yield pool
-
-
-def read_jsonl(path: Path) -> list[Line]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
 # -- the stream of runs and the kills ----------------------------------------------------------

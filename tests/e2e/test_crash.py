@@ -20,7 +20,7 @@ import random
 import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ import pytest
 
 import nonstop
 from tests.e2e import crash_app
-from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, wait_until
+from tests.e2e.serve import DbReader, NodePool, Row, ServeNode, diagnose, read_jsonl, wait_until
 
 APP = "tests/e2e/crash_app.py:app"
 SEED = int(os.environ.get("NONSTOP_E2E_SEED", "20251123"))
@@ -91,12 +91,6 @@ def db(world: World) -> DbReader:
     return DbReader(world.db_path)
 
 
-@pytest.fixture
-def nodes() -> Iterator[NodePool]:
-    with NodePool() as pool:
-        yield pool
-
-
 def start_runs(world: World, runs: Sequence[tuple[str, str, dict[str, Any]]]) -> None:
     """Start (id, agent, input) runs through an App in this process; it creates the file."""
     client = crash_app.build_app(world.db_url)
@@ -138,17 +132,6 @@ def stop_gracefully(node: ServeNode, db: DbReader, grace: float = 30.0) -> float
     assert code == 0, f"serve exited {code} on SIGTERM\n{diagnose(node, db)}"
     assert took < grace, f"SIGTERM took {took:.2f}s (grace {grace}s)\n{diagnose(node, db)}"
     return took
-
-
-def read_jsonl(path: Path, *, partial: bool = False) -> list[dict[str, Any]]:
-    """The JSON lines of `path`; with `partial`, a last line still being written is left
-    out (for reading while a node writes)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if partial:
-        text = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in text.splitlines()]
 
 
 # -- what every finished test must find on disk ---------------------------------------------

@@ -63,12 +63,6 @@ def test_isolated_runs_work_and_deaths_are_explained(
 APP = "tests.e2e.isolated_app:app"
 
 
-@pytest.fixture
-def nodes() -> Iterator[NodePool]:
-    with NodePool() as pool:
-        yield pool
-
-
 def isolated_child(node: ServeNode) -> psutil.Process:
     """The node's child process executing an isolated run (waits for it to appear)."""
     assert node.pid is not None

@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ import pytest
 
 from nonstop.policies.schedule import MISFIRE_GRACE
 from tests.e2e import triggers_app
-from tests.e2e.serve import PROJECT_ROOT, NodePool, ServeNode, wait_until
+from tests.e2e.serve import PROJECT_ROOT, NodePool, ServeNode, read_jsonl, wait_until
 
 APP = "tests/e2e/triggers_app.py:app"
 TICKER_APP = "tests/e2e/triggers_app.py:ticker_app"
@@ -119,12 +119,6 @@ RUN_FIELDS = (
 )
 
 
-@pytest.fixture
-def nodes() -> Iterator[NodePool]:
-    with NodePool() as pool:
-        yield pool
-
-
 def diagnose(db: Db, *nodes: ServeNode) -> str:
     return "\n".join([db.describe(), *(node.log_tail(25) for node in nodes)])
 
@@ -198,17 +192,6 @@ def wait_status(
         what=f"{run_id} {'/'.join(wanted)}",
         describe=lambda: diagnose(db, *nodes),
     )
-
-
-def read_jsonl(path: Path, *, partial: bool = False) -> list[dict[str, Any]]:
-    """The JSON lines of `path`; with `partial`, a last line still being written is left
-    out (for reading while a node writes)."""
-    if not path.exists():
-        return []
-    text = path.read_text(encoding="utf-8")
-    if partial:
-        text = text[: text.rfind("\n") + 1]
-    return [json.loads(line) for line in text.splitlines()]
 
 
 def log_events(node: ServeNode, event: str) -> list[dict[str, Any]]:
