@@ -170,6 +170,15 @@ def _print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def _print_run(run: Run, as_json: bool) -> None:
+    """A run an operator verb acted on: its dict, or one line with what it does now."""
+    now = time.time()
+    if as_json:
+        _print_json(run_dict(run, now))
+    else:
+        _out.print(f"{run.id}  {run.status}  {why(run, now)}")
+
+
 def _short(ts: str | None) -> str:
     return "" if ts is None else ts.replace("T", " ")[:19]
 
@@ -375,11 +384,7 @@ def cancel(
 ) -> None:
     """Cancel a run: at once if nobody executes it, else at its next step boundary."""
     _, url = _resolve(app_spec, db, need_app=False)
-    found = _with_store(url, lambda s: s.request_cancel(run_id, time.time()))
-    if as_json:
-        _print_json(run_dict(found, time.time()))
-    else:
-        _out.print(f"{found.id}  {found.status}  {why(found, time.time())}")
+    _print_run(_with_store(url, lambda s: s.request_cancel(run_id, time.time())), as_json)
 
 
 @cli.command()
@@ -393,10 +398,7 @@ def pause(
     `nonstop resume` continues it."""
     _, url = _resolve(app_spec, db, need_app=False)
     found = _with_store(url, lambda s: s.request_pause(run_id, PAUSED_BY_REQUEST, time.time()))
-    if as_json:
-        _print_json(run_dict(found, time.time()))
-    else:
-        _out.print(f"{found.id}  {found.status}  {why(found, time.time())}")
+    _print_run(found, as_json)
 
 
 @cli.command()
